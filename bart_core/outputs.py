@@ -1,0 +1,120 @@
+"""Output containers with the reference field names, shared by all backends.
+
+Fields hold the backend's own tensors (torch.Tensor, tf.Tensor, jax.Array). Fields that were not requested are
+``None``. Each container supports attribute access, ``out["logits"]``, ``out.keys()`` and ``to_tuple()`` (the
+non-None fields in declaration order). The Flax backend registers them as JAX pytrees so they pass through
+``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+@dataclass
+class ModelOutput:
+    def __getitem__(self, key: str) -> Any:
+        if not isinstance(key, str):
+            return self.to_tuple()[key]
+        return getattr(self, key)
+
+    def keys(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.keys()
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, k) for k in self.keys())
+
+
+@dataclass
+class BaseModelOutput(ModelOutput):
+    """Encoder output. last_hidden_state: (B, S, D)."""
+    last_hidden_state: Any = None
+    hidden_states: Optional[tuple] = None      # embeddings + each layer: (B, S, D) each
+    attentions: Optional[tuple] = None         # each layer: (B, H, S, S)
+
+
+@dataclass
+class BaseModelOutputWithPastAndCrossAttentions(ModelOutput):
+    """Decoder output. last_hidden_state: (B, T, D)."""
+    last_hidden_state: Any = None
+    past_key_values: Any = None
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+    cross_attentions: Optional[tuple] = None   # each layer: (B, H, T, S)
+
+
+@dataclass
+class Seq2SeqModelOutput(ModelOutput):
+    last_hidden_state: Any = None              # decoder: (B, T, D)
+    past_key_values: Any = None
+    decoder_hidden_states: Optional[tuple] = None
+    decoder_attentions: Optional[tuple] = None
+    cross_attentions: Optional[tuple] = None
+    encoder_last_hidden_state: Any = None      # (B, S, D)
+    encoder_hidden_states: Optional[tuple] = None
+    encoder_attentions: Optional[tuple] = None
+
+
+@dataclass
+class Seq2SeqLMOutput(ModelOutput):
+    loss: Any = None                           # scalar mean cross-entropy over labels != -100
+    logits: Any = None                         # (B, T, V)
+    past_key_values: Any = None
+    decoder_hidden_states: Optional[tuple] = None
+    decoder_attentions: Optional[tuple] = None
+    cross_attentions: Optional[tuple] = None
+    encoder_last_hidden_state: Any = None
+    encoder_hidden_states: Optional[tuple] = None
+    encoder_attentions: Optional[tuple] = None
+
+
+@dataclass
+class Seq2SeqSequenceClassifierOutput(ModelOutput):
+    loss: Any = None
+    logits: Any = None                         # (B, num_labels)
+    past_key_values: Any = None
+    decoder_hidden_states: Optional[tuple] = None
+    decoder_attentions: Optional[tuple] = None
+    cross_attentions: Optional[tuple] = None
+    encoder_last_hidden_state: Any = None
+    encoder_hidden_states: Optional[tuple] = None
+    encoder_attentions: Optional[tuple] = None
+
+
+@dataclass
+class Seq2SeqQuestionAnsweringModelOutput(ModelOutput):
+    loss: Any = None
+    start_logits: Any = None                   # (B, S)
+    end_logits: Any = None                     # (B, S)
+    past_key_values: Any = None
+    decoder_hidden_states: Optional[tuple] = None
+    decoder_attentions: Optional[tuple] = None
+    cross_attentions: Optional[tuple] = None
+    encoder_last_hidden_state: Any = None
+    encoder_hidden_states: Optional[tuple] = None
+    encoder_attentions: Optional[tuple] = None
+
+
+@dataclass
+class CausalLMOutputWithCrossAttentions(ModelOutput):
+    loss: Any = None
+    logits: Any = None                         # (B, T, V)
+    past_key_values: Any = None
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+    cross_attentions: Optional[tuple] = None
+
+
+@dataclass
+class GenerateOutput(ModelOutput):
+    sequences: Any = None                      # (B * num_return_sequences, L), decoder start token first
+    scores: Optional[tuple] = None             # one (B * beams, V) array of processed scores per step
+    sequences_scores: Any = None               # beam search: final length-normalised score per sequence

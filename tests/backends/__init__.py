@@ -1,0 +1,27 @@
+"""One harness, three backends. Each backend module (torch.py, tf.py, flax.py) defines a ``Backend`` adapter
+with the same methods; tests in tests/test_backends.py are parametrized over them.
+
+Adapter interface (inputs and outputs are numpy; the adapter converts to and from its framework):
+
+    name: str                                            # "torch" | "tf" | "flax"
+    available() -> bool                                  # framework importable
+    module()                                             # the backend package (bart_torch, ...)
+    from_pretrained(cls_name, path, **kw) -> model
+    init(cls_name, config, seed=0) -> model              # random weights
+    forward(model, **inputs) -> dict[str, object]        # output fields as numpy; tuples of numpy for
+                                                         # hidden states / attentions; past_key_values omitted
+    generate(model, input_ids, attention_mask=None, **options) -> np.ndarray or dict with
+                                                         # "sequences" (and "scores") when return_dict_in_generate
+    save_pretrained(model, path, **kw)
+    state_dict(model) -> dict[str, np.ndarray]           # canonical stored names
+"""
+
+from __future__ import annotations
+
+import importlib
+
+BACKEND_NAMES = ("torch", "tf", "flax")
+
+
+def get_backend(name: str):
+    return importlib.import_module(f"tests.backends.{name}").Backend()

@@ -1,0 +1,114 @@
+"""Shared fixtures: tiny configs, reference checkpoints written by transformers 4.57.6 (the test oracle)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pathlib
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_TOKENIZER = ROOT.parent / "shared" / "data" / "bart-base-tokenizer"
+SHIPPED_TOKENIZER = ROOT / "bart_core" / "data" / "bart-base-tokenizer"
+
+# Tiny geometries covering the config axes the acceptance criteria name. vocab 99 keeps logits small.
+TINY = dict(vocab_size=99, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+            dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, init_std=0.1)
+TINY_CONFIGS = {
+    "gelu": dict(TINY),
+    "relu_scaled": dict(TINY, activation_function="relu", scale_embedding=True),
+    "unequal": dict(TINY, encoder_layers=3, decoder_layers=1, encoder_attention_heads=2,
+                    decoder_attention_heads=8, encoder_ffn_dim=24, decoder_ffn_dim=40,
+                    activation_function="gelu_new"),
+    "silu_untied": dict(TINY, activation_function="silu", tie_word_embeddings=False),
+}
+HEADS = {
+    "base": "BartModel",
+    "conditional_generation": "BartForConditionalGeneration",
+    "sequence_classification": "BartForSequenceClassification",
+    "question_answering": "BartForQuestionAnswering",
+    "causal_lm": "BartForCausalLM",
+}
+
+
+def tiny_config(name: str = "gelu", **overrides):
+    from bart_core import BartConfig
+    return BartConfig(**dict(TINY_CONFIGS[name], **overrides))
+
+
+def randomize_biases(model, seed: int = 0):
+    """Reference inits zero biases and unit layer norms; give every parameter random values so tests see
+    transposes and swaps."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 or "layer_norm" in name or "layernorm" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (1.0 if name.endswith("weight") and p.ndim == 1 else 0.0))
+        for name, b in model.named_buffers():
+            if name.endswith("final_logits_bias"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+    return model
+
+
+def make_reference_checkpoint(directory, head: str = "conditional_generation", config: str = "gelu", seed: int = 0,
+                              safe_serialization: bool = True, **overrides) -> str:
+    """Build a transformers 4.57.6 PyTorch model with seeded random weights and save it in the reference layout."""
+    import torch
+    import transformers
+
+    cfg = transformers.BartConfig(**dict(TINY_CONFIGS[config], **overrides))
+    if head == "causal_lm":
+        cfg.is_decoder, cfg.is_encoder_decoder = True, False
+    torch.manual_seed(seed)
+    model = getattr(transformers, HEADS[head])(cfg).eval()
+    randomize_biases(model, seed)
+    model.save_pretrained(str(directory), safe_serialization=safe_serialization)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def reference_checkpoint(tmp_path_factory):
+    """``reference_checkpoint(head, config, seed, **overrides)`` -> directory written by transformers; cached."""
+    cache: dict = {}
+
+    def make(head: str = "conditional_generation", config: str = "gelu", seed: int = 0, **overrides) -> str:
+        key = (head, config, seed, tuple(sorted(overrides.items())))
+        if key not in cache:
+            d = tmp_path_factory.mktemp(f"ref-{head}-{config}-{seed}")
+            cache[key] = make_reference_checkpoint(d, head, config, seed, **overrides)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir():
+    if SHARED_TOKENIZER.is_dir():
+        return str(SHARED_TOKENIZER)
+    if SHIPPED_TOKENIZER.is_dir():
+        return str(SHIPPED_TOKENIZER)
+    pytest.skip("bart-base tokenizer files not found (../shared/data/bart-base-tokenizer)")
+
+
+def seeded_inputs(config, batch: int = 3, src_len: int = 9, tgt_len: int = 7, seed: int = 0, pad: bool = True):
+    """Random ids in [3, vocab) ending with eos, with left-aligned padding on some rows (numpy, int64)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, config.vocab_size, size=(batch, src_len)).astype(np.int64)
+    mask = np.ones_like(ids)
+    lengths = [src_len - (i % 3) * 2 if pad else src_len for i in range(batch)]
+    for i, n in enumerate(lengths):
+        ids[i, n - 1] = config.eos_token_id
+        ids[i, n:] = config.pad_token_id
+        mask[i, n:] = 0
+    dec = rng.integers(3, config.vocab_size, size=(batch, tgt_len)).astype(np.int64)
+    dec[:, 0] = config.decoder_start_token_id
+    return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec}
