@@ -60,7 +60,7 @@ def randomize_biases(model, seed: int = 0):
 
 
 def make_reference_checkpoint(directory, head: str = "conditional_generation", config: str = "gelu", seed: int = 0,
-                              safe_serialization: bool = True, **overrides) -> str:
+                              safe_serialization: bool = True, eos_bias: float = 0.0, **overrides) -> str:
     """Build a transformers 4.57.6 PyTorch model with seeded random weights and save it in the reference layout."""
     import torch
     import transformers
@@ -71,6 +71,9 @@ def make_reference_checkpoint(directory, head: str = "conditional_generation", c
     torch.manual_seed(seed)
     model = getattr(transformers, HEADS[head])(cfg).eval()
     randomize_biases(model, seed)
+    if eos_bias and head == "conditional_generation":  # makes eos likely: hypotheses end at varied lengths
+        with torch.no_grad():
+            model.final_logits_bias[0, cfg.eos_token_id] += eos_bias
     model.save_pretrained(str(directory), safe_serialization=safe_serialization)
     return str(directory)
 
@@ -80,11 +83,12 @@ def reference_checkpoint(tmp_path_factory):
     """``reference_checkpoint(head, config, seed, **overrides)`` -> directory written by transformers; cached."""
     cache: dict = {}
 
-    def make(head: str = "conditional_generation", config: str = "gelu", seed: int = 0, **overrides) -> str:
-        key = (head, config, seed, tuple(sorted(overrides.items())))
+    def make(head: str = "conditional_generation", config: str = "gelu", seed: int = 0, eos_bias: float = 0.0,
+             **overrides) -> str:
+        key = (head, config, seed, eos_bias, tuple(sorted(overrides.items())))
         if key not in cache:
             d = tmp_path_factory.mktemp(f"ref-{head}-{config}-{seed}")
-            cache[key] = make_reference_checkpoint(d, head, config, seed, **overrides)
+            cache[key] = make_reference_checkpoint(d, head, config, seed, eos_bias=eos_bias, **overrides)
         return cache[key]
 
     return make

@@ -1,0 +1,207 @@
+"""One harness, every backend: each test runs for torch, tf and flax against transformers 4.57.6 PyTorch.
+
+Tolerance: float32 outputs within 1e-5 absolute (tiny configs, init_std 0.1); generated ids identical.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+from tests.backends import BACKEND_NAMES, get_backend
+from tests.conftest import HEADS, seeded_inputs, tiny_config
+
+os.environ.setdefault("USE_TF", "0")
+os.environ.setdefault("USE_FLAX", "0")
+
+ATOL = 1e-5
+
+
+@pytest.fixture(params=BACKEND_NAMES, scope="module")
+def backend(request):
+    b = get_backend(request.param)
+    if not b.available():
+        pytest.skip(f"{request.param} backend not installed")
+    return b
+
+
+def _reference(head, path):
+    transformers = pytest.importorskip("transformers")
+    return getattr(transformers, HEADS[head]).from_pretrained(path).eval()
+
+
+def _task_inputs(head, config, seed=0):
+    """Inputs (numpy) for one head, with labels so the loss is checked too."""
+    x = seeded_inputs(config, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    if head == "causal_lm":
+        labels = x["input_ids"].copy()
+        labels[x["attention_mask"] == 0] = -100
+        return {"input_ids": x["input_ids"], "attention_mask": x["attention_mask"], "labels": labels}
+    if head == "conditional_generation":
+        labels = rng.integers(3, config.vocab_size, size=x["decoder_input_ids"].shape)
+        labels[:, -2:] = -100
+        x["labels"] = labels
+    elif head == "sequence_classification":
+        x["labels"] = rng.integers(0, config.num_labels, size=(x["input_ids"].shape[0],))
+    elif head == "question_answering":
+        b, s = x["input_ids"].shape
+        x["start_positions"] = rng.integers(0, s, size=(b,))
+        x["end_positions"] = np.array([s + 5] + [1] * (b - 1))  # out of range: clamped by the model
+    return x
+
+
+def _reference_outputs(model, inputs):
+    import torch
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()},
+                    output_hidden_states=True, output_attentions=True, return_dict=True)
+    res = {}
+    for k, v in out.items():
+        if k == "past_key_values" or v is None:
+            continue
+        res[k] = tuple(t.numpy() for t in v) if isinstance(v, tuple) else v.numpy()
+    return res
+
+
+def _assert_close(ours, ref, atol=ATOL):
+    assert set(ref) <= set(ours), f"missing outputs {sorted(set(ref) - set(ours))}"
+    for k, r in ref.items():
+        o = ours[k]
+        if isinstance(r, tuple):
+            assert len(o) == len(r), f"{k}: {len(o)} tensors, reference has {len(r)}"
+            for i, (a, b) in enumerate(zip(o, r)):
+                np.testing.assert_allclose(np.asarray(a), b, atol=atol, rtol=0, err_msg=f"{k}[{i}]")
+        else:
+            np.testing.assert_allclose(np.asarray(o), r, atol=atol, rtol=0, err_msg=k)
+
+
+# ------------------------------------------------------------------------------------------------ equivalence
+
+
+@pytest.mark.parametrize("config_name", ["gelu", "relu_scaled", "unequal", "silu_untied"])
+@pytest.mark.parametrize("head", list(HEADS))
+def test_outputs_match_reference(backend, reference_checkpoint, head, config_name):
+    path = reference_checkpoint(head, config_name)
+    config = tiny_config(config_name)
+    inputs = _task_inputs(head, config)
+    ref = _reference_outputs(_reference(head, path), inputs)
+    model = backend.from_pretrained(HEADS[head], path)
+    ours = backend.forward(model, **inputs, output_hidden_states=True, output_attentions=True)
+    _assert_close(ours, ref)
+
+
+GENERATE_CASES = {
+    "greedy": dict(max_new_tokens=12),
+    "greedy_min_len_ngram": dict(max_new_tokens=12, min_length=8, no_repeat_ngram_size=2),
+    "greedy_forced_bos_rep": dict(max_new_tokens=10, forced_bos_token_id=0, repetition_penalty=1.3),
+    "beam4": dict(num_beams=4, max_new_tokens=12),
+    "beam4_lp05_early": dict(num_beams=4, max_new_tokens=12, length_penalty=0.5, early_stopping=True),
+    "beam3_lp2_ngram_min": dict(num_beams=3, max_new_tokens=14, length_penalty=2.0, no_repeat_ngram_size=2,
+                                min_length=6, forced_bos_token_id=0),
+    "beam4_return3_never": dict(num_beams=4, max_new_tokens=10, num_return_sequences=3, early_stopping="never"),
+}
+
+
+EOS_BIAS = {"greedy": 0.0, "greedy_min_len_ngram": 2.0, "greedy_forced_bos_rep": 2.0, "beam4": 0.0,
+            "beam4_lp05_early": 3.0, "beam3_lp2_ngram_min": 3.0, "beam4_return3_never": 2.0}
+
+
+@pytest.mark.parametrize("case", list(GENERATE_CASES))
+def test_generate_matches_reference(backend, reference_checkpoint, case):
+    import torch
+    options = GENERATE_CASES[case]
+    # eos_bias makes eos likely so hypotheses finish at different lengths and beam bookkeeping is exercised
+    path = reference_checkpoint("conditional_generation", "gelu", seed=3, eos_bias=EOS_BIAS[case],
+                               init_std=0.3)
+    config = tiny_config()
+    x = seeded_inputs(config, seed=5)
+    ref_model = _reference("conditional_generation", path)
+    with torch.no_grad():
+        ref = ref_model.generate(torch.from_numpy(x["input_ids"]),
+                                 attention_mask=torch.from_numpy(x["attention_mask"]), **options).numpy()
+    model = backend.from_pretrained("BartForConditionalGeneration", path)
+    ours = np.asarray(backend.generate(model, x["input_ids"], x["attention_mask"], **options))
+    assert ours.shape == ref.shape and ours.tolist() == ref.tolist()
+
+
+def test_saved_checkpoint_loads_in_reference(backend, reference_checkpoint, tmp_path):
+    path = reference_checkpoint("conditional_generation", "relu_scaled")
+    model = backend.from_pretrained("BartForConditionalGeneration", path)
+    backend.save_pretrained(model, tmp_path)
+    assert (tmp_path / "config.json").exists() and (tmp_path / "model.safetensors").exists()
+    config = tiny_config("relu_scaled")
+    inputs = _task_inputs("conditional_generation", config)
+    ref = _reference_outputs(_reference("conditional_generation", str(tmp_path)), inputs)
+    ours = backend.forward(model, **inputs)
+    np.testing.assert_allclose(ours["logits"], ref["logits"], atol=ATOL, rtol=0)
+
+
+def test_state_dict_round_trip_is_bit_exact(backend, reference_checkpoint):
+    from bart_core.checkpoint import load_state_dict
+    path = reference_checkpoint("conditional_generation", "unequal")
+    model = backend.from_pretrained("BartForConditionalGeneration", path)
+    ours = backend.state_dict(model)
+    file = load_state_dict(path)
+    for name, arr in file.items():
+        if name in ours:
+            assert np.array_equal(ours[name], arr), name
+    assert "model.shared.weight" in ours and "final_logits_bias" in ours
+
+
+def test_base_checkpoint_loads_into_head_with_warning(backend, reference_checkpoint):
+    path = reference_checkpoint("base", "gelu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = backend.from_pretrained("BartForQuestionAnswering", path)
+    text = " ".join(str(w.message) for w in caught)
+    assert "qa_outputs.weight" in text
+    config = tiny_config()
+    x = seeded_inputs(config)
+    ref = _reference_outputs(_reference("base", path), {"input_ids": x["input_ids"],
+                                                        "attention_mask": x["attention_mask"]})
+    base = backend.from_pretrained("BartModel", path)
+    ours = backend.forward(base, input_ids=x["input_ids"], attention_mask=x["attention_mask"])
+    np.testing.assert_allclose(ours["last_hidden_state"], ref["last_hidden_state"], atol=ATOL, rtol=0)
+    out = backend.forward(model, input_ids=x["input_ids"], attention_mask=x["attention_mask"])
+    assert out["start_logits"].shape == x["input_ids"].shape
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def test_out_of_range_token_id_is_a_clear_error(backend):
+    config = tiny_config()
+    model = backend.init("BartForConditionalGeneration", config)
+    x = seeded_inputs(config)
+    x["input_ids"][1, 2] = config.vocab_size + 7
+    with pytest.raises(ValueError, match=r"token id 106 .*outside the vocabulary \[0, 99\)"):
+        backend.forward(model, **x)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        backend.generate(model, x["input_ids"], x["attention_mask"], max_new_tokens=3)
+
+
+def test_too_long_input_is_a_clear_error(backend):
+    config = tiny_config()
+    model = backend.init("BartModel", config)
+    ids = np.full((1, config.max_position_embeddings + 1), 5, np.int64)
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        backend.forward(model, input_ids=ids)
+
+
+def test_shape_mismatch_names_tensor_and_shapes(backend, reference_checkpoint):
+    path = reference_checkpoint("conditional_generation", "gelu")
+    with pytest.raises(ValueError, match=r"model.encoder.layers.0.fc1.weight.*\(32, 16\).*\(48, 16\)"):
+        backend.from_pretrained("BartForConditionalGeneration", path, encoder_ffn_dim=48)
+
+
+def test_classification_with_unequal_eos_counts_is_a_clear_error(backend):
+    config = tiny_config()
+    model = backend.init("BartForSequenceClassification", config)
+    x = seeded_inputs(config, pad=False)
+    x["input_ids"][0, 3] = config.eos_token_id
+    with pytest.raises(ValueError, match="eos"):
+        backend.forward(model, input_ids=x["input_ids"], attention_mask=x["attention_mask"])
