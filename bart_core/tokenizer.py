@@ -149,7 +149,8 @@ class BartTokenizer:
         self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
         self.padding_side = padding_side
         self.truncation_side = truncation_side
-        self._backend = self._configure(backend, self.add_prefix_space)
+        self._backend = backend
+        self._configure(backend, self.add_prefix_space)
         self._split_words_backend: Tokenizer | None = None  # built on first is_split_into_words call
         self._settings: dict[int, tuple] = {}  # id(backend) -> (truncation, padding) last applied
         self._vocab_size = backend.get_vocab_size(with_added_tokens=False)
