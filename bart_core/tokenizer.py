@@ -59,11 +59,13 @@ def clean_up_tokenization(text: str) -> str:
 class BatchEncoding(dict):
     """The encoder's output: a dict (``enc["input_ids"]``) that also reads as attributes (``enc.input_ids``).
 
-    ``encodings`` keeps the `tokenizers.Encoding` of each row (token strings, word ids, offsets)."""
+    ``encodings`` keeps the `tokenizers.Encoding` of each row. Token strings and word ids are tracked only when
+    the call asked for offsets or passed pre-split words (tracking them costs speed)."""
 
-    def __init__(self, data: dict, encodings: list | None = None):
+    def __init__(self, data: dict, encodings: list | None = None, tracked: bool = False):
         super().__init__(data)
         self.encodings = encodings
+        self._tracked = tracked
 
     def __getattr__(self, name: str):
         try:
@@ -71,11 +73,17 @@ class BatchEncoding(dict):
         except KeyError:
             raise AttributeError(f"BatchEncoding has no field {name!r}; it holds {sorted(self)}") from None
 
+    def _encoding(self, batch_index: int):
+        if not self._tracked:
+            raise ValueError("token strings and word ids are tracked only with return_offsets_mapping=True or "
+                             "is_split_into_words=True")
+        return self.encodings[batch_index]
+
     def tokens(self, batch_index: int = 0) -> list[str]:
-        return self.encodings[batch_index].tokens
+        return self._encoding(batch_index).tokens
 
     def word_ids(self, batch_index: int = 0) -> list[int | None]:
-        return self.encodings[batch_index].word_ids
+        return self._encoding(batch_index).word_ids
 
 
 def _read_json(path: pathlib.Path) -> dict:
@@ -126,7 +134,8 @@ class BartTokenizer:
         elif vocab_file is not None and merges_file is not None:
             _require_file(vocab_file)
             _require_file(merges_file)
-            backend = Tokenizer(models.BPE.from_file(os.fspath(vocab_file), os.fspath(merges_file)))
+            backend = Tokenizer(models.BPE.from_file(os.fspath(vocab_file), os.fspath(merges_file),
+                                                     continuing_subword_prefix="", end_of_word_suffix=""))
         else:
             raise ValueError("BartTokenizer needs vocab_file and merges_file, or tokenizer_file")
 
@@ -380,6 +389,7 @@ class BartTokenizer:
         ``special_tokens_mask``, ``offset_mapping``, ``length`` when asked). A single input gives flat lists;
         a batch gives lists of lists; ``return_tensors`` ("np", "pt", "tf", "jax") gives ``(B, L)`` arrays
         (``(1, L)`` for a single input; ``offset_mapping`` is ``(B, L, 2)``), which needs rows of one length.
+        Integer types follow the reference: int64 for "np" and "pt", int32 for "tf" and "jax".
         """
         truncation_setting, padding_setting = self._strategies(padding, truncation, max_length, pad_to_multiple_of)
         if return_tensors is not None and return_tensors not in TENSOR_TYPES:
@@ -398,7 +408,8 @@ class BartTokenizer:
 
         backend = self._words_backend() if is_split_into_words else self._backend
         self._apply_settings(backend, truncation_setting, padding_setting)
-        encode = backend.encode_batch if return_offsets_mapping else backend.encode_batch_fast
+        tracked = return_offsets_mapping or is_split_into_words
+        encode = backend.encode_batch if tracked else backend.encode_batch_fast  # fast: no offsets, word ids
         try:
             encodings = encode(rows, is_pretokenized=is_split_into_words, add_special_tokens=add_special_tokens)
         except Exception as error:  # the Rust side raises plain Exception (e.g. impossible truncation)
@@ -420,7 +431,7 @@ class BartTokenizer:
             data = _to_tensors(data, return_tensors)
         elif not batched:
             data = {key: value[0] for key, value in data.items()}
-        return BatchEncoding(data, encodings)
+        return BatchEncoding(data, encodings, tracked)
 
     def encode(self, text, text_pair=None, add_special_tokens: bool = True, padding: bool | str = False,
                truncation: bool | str | None = None, max_length: int | None = None,
