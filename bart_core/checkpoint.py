@@ -349,11 +349,16 @@ def export_state_dict(params: Mapping[str, np.ndarray], config: BartConfig, head
     """Order ``params`` by the name table and drop tied aliases: the tensors a saved file should hold."""
     out = {}
     for spec in param_table(config, head):
+        src = spec.name
         if not spec.stored:
-            continue
-        if spec.name not in params:
+            # transformers 4.57.6 does not re-tie the encoder/decoder token embeddings of a model with
+            # tie_word_embeddings=False and would initialise them freshly: write those aliases out for it.
+            if config.tie_word_embeddings or not spec.name.endswith("coder.embed_tokens.weight"):
+                continue
+            src = spec.name if spec.name in params else spec.tied_to
+        if src not in params:
             raise CheckpointError(f"model has no tensor {spec.name!r} to save")
-        arr = np.asarray(params[spec.name])
+        arr = np.asarray(params[src])
         if tuple(arr.shape) != spec.shape:
             raise CheckpointError(f"tensor {spec.name!r} has shape {tuple(arr.shape)}, expected {spec.shape}")
         out[spec.name] = arr

@@ -1,0 +1,151 @@
+"""The reference TensorFlow weight file, ``tf_model.h5``, as a declared mapping from canonical names.
+
+Layout written by transformers' ``TFBart*.save_pretrained`` (Keras 2 ``save_weights`` in HDF5)::
+
+    attrs: layer_names=[<top-level layers>], backend="tensorflow", keras_version=...
+    /<layer>                      attrs: weight_names=[<weight name>, ...]
+    /<layer>/<weight name>        dataset, one per weight name (the name contains "/")
+
+Weight names start with the Keras model name (``tf_bart_for_conditional_generation/model/encoder/...``) except
+for the shared embedding (``model.shared/model.shared/embeddings:0``) and ``final_logits_bias:0``. The loader of
+the reference drops the first path component and matches the rest, so the model-name prefix is free; we write
+the one the reference writes.
+
+Transforms (``_LEAF``): a dense weight is stored as the Keras kernel, the transpose of the canonical
+``(out, in)`` weight; layer norms are ``gamma``/``beta``; embeddings and position tables are ``embeddings``
+(older files say ``weight``). The reference TF line has no question-answering or causal-LM class and always
+ties the LM head; for those we declare the same scheme under ``tf_bart_for_question_answering`` /
+``tf_bart_for_causal_lm`` and an untied LM head under the ``lm_head`` layer.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from bart_core.config import BartConfig
+from bart_core.fileio import atomic_path
+from bart_core.names import BASE_PREFIX, param_table
+
+KERAS_VERSION = "2.21.0"
+MODEL_NAMES = {  # head -> Keras model name of the reference class (first component of weight names)
+    "base": "tf_bart_model",
+    "conditional_generation": "tf_bart_for_conditional_generation",
+    "sequence_classification": "tf_bart_for_sequence_classification",
+    "question_answering": "tf_bart_for_question_answering",
+    "causal_lm": "tf_bart_for_causal_lm",
+}
+# canonical kind -> (Keras variable name, transpose?)
+_LEAF = {"linear": ("kernel", True), "bias": ("bias", False), "norm_weight": ("gamma", False),
+         "norm_bias": ("beta", False), "embedding": ("embeddings", False), "position": ("embeddings", False),
+         "logits_bias": ("final_logits_bias", False)}
+_LEAF_BACK = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias", "embeddings": "weight",
+              "weight": "weight"}
+
+
+def _path(dotted: str) -> list[str]:
+    """``model.encoder.layers.0.fc1`` -> ``["model", "encoder", "layers.0", "fc1"]`` (Keras layer names)."""
+    out: list[str] = []
+    for part in dotted.split("."):
+        if part.isdigit() and out:
+            out[-1] += "." + part
+        else:
+            out.append(part)
+    return out
+
+
+def h5_entry(name: str, kind: str, head: str) -> tuple[str, str, bool]:
+    """Canonical name -> (top-level layer, weight name, transpose). The declared mapping table, one rule."""
+    if kind == "logits_bias":
+        return "final_logits_bias", "final_logits_bias:0", False
+    leaf, transpose = _LEAF[kind]
+    body = name if head != "base" else BASE_PREFIX + name
+    module = body.rsplit(".", 1)[0]
+    if module == "model.shared":
+        return "model", "model.shared/model.shared/embeddings:0", False
+    parts = _path(module)
+    return parts[0], "/".join([MODEL_NAMES[head]] + parts + [f"{leaf}:0"]), transpose
+
+
+def h5_table(config: BartConfig, head: str) -> list[tuple[str, str, str, bool]]:
+    """``[(canonical name, layer, weight name, transpose)]`` for every stored tensor of ``head``."""
+    return [(s.name, *h5_entry(s.name, s.kind, head)) for s in param_table(config, head) if s.stored]
+
+
+def _canonical(weight_name: str) -> tuple[str, bool]:
+    """Weight name of any TF-BART h5 file -> (canonical name with ``model.`` prefix, transposed?)."""
+    parts = weight_name.split(":")[0].split("/")
+    if parts[-1] == "final_logits_bias":
+        return "final_logits_bias", False
+    if parts[0].startswith("tf_bart"):
+        parts = parts[1:]
+    if parts[0] in ("model.shared", "shared"):
+        return "model.shared.weight", False
+    *module, leaf = parts
+    if leaf not in _LEAF_BACK:
+        raise ValueError(f"unknown variable {leaf!r}")
+    return ".".join(module + [_LEAF_BACK[leaf]]), leaf == "kernel"
+
+
+def _decode(values) -> list[str]:
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in np.atleast_1d(values)]
+
+
+def read_tf_h5(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``{canonical name: array}`` (``model.``-prefixed, PyTorch layout) from a reference ``tf_model.h5``."""
+    import h5py
+
+    from bart_core.checkpoint import CheckpointError
+
+    path = os.fspath(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise CheckpointError(f"{path}: not a readable HDF5 file ({e})") from None
+    out: dict[str, np.ndarray] = {}
+    with f:
+        root = f["model_weights"] if "model_weights" in f else f  # a full-model .h5 nests the weights
+        layers = _decode(root.attrs["layer_names"]) if "layer_names" in root.attrs else list(root.keys())
+        for layer in layers:
+            group = root[layer]
+            if "weight_names" in group.attrs:
+                names = [n for n in _decode(group.attrs["weight_names"]) if n]
+            else:
+                names = []
+                group.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+            for wname in names:
+                try:
+                    canonical, transposed = _canonical(wname)
+                except (ValueError, IndexError):
+                    raise CheckpointError(f"{path}: weight {layer}/{wname} is not a BART variable") from None
+                arr = np.asarray(group[wname])
+                out[canonical] = np.ascontiguousarray(arr.T) if transposed else arr
+    return out
+
+
+def write_tf_h5(tensors: dict[str, np.ndarray], config: BartConfig, head: str, path: str | os.PathLike) -> str:
+    """Write ``tensors`` (canonical stored names, PyTorch layout) as the reference ``tf_model.h5``; atomic."""
+    import h5py
+
+    from bart_core.checkpoint import CheckpointError
+
+    path = os.fspath(path)
+    groups: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for name, layer, wname, transpose in h5_table(config, head):
+        if name not in tensors:
+            raise CheckpointError(f"write_tf_h5: no tensor {name!r}")
+        arr = np.asarray(tensors[name], dtype=np.float32)
+        groups.setdefault(layer, []).append((wname, arr.T if transpose else arr))
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["layer_names"] = np.array(list(groups), dtype=h5py.string_dtype())
+            f.attrs["backend"] = "tensorflow"
+            f.attrs["keras_version"] = KERAS_VERSION
+            for layer, weights in groups.items():
+                g = f.create_group(layer)
+                g.attrs["weight_names"] = np.array([w for w, _ in weights], dtype=h5py.string_dtype())
+                for wname, arr in weights:
+                    g.create_dataset(wname, data=np.ascontiguousarray(arr))
+            f.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype=np.float64)
+    return path

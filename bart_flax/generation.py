@@ -1,0 +1,284 @@
+"""Decoding as one compiled program: greedy, sampling and beam search in ``lax.while_loop``.
+
+Decoding knows the network only through ``step(tokens (N, 1), cache) -> (logits (N, V) float32, cache)`` and,
+for beam search, ``reorder(cache, index (N,)) -> cache``. Options are ``bart_core.GenerationConfig``; length
+conventions and the processor order are written there. Beam search follows the vectorised reference algorithm
+of transformers 4.57.6 (keep 2 * num_beams candidates, the best non-finished num_beams continue, only the top
+num_beams may finish, finished hypotheses ranked by sum log-prob / generated_length ** length_penalty, the
+early-stopping heuristic), so tokens are identical to the reference.
+
+Static shapes: the sequence buffer is ``(N, max_length)`` filled with ``pad_token_id``; the program returns it
+with the final length. ``generate`` called eagerly cuts the buffer to that length; under an outer ``jax.jit``
+the full padded buffer is returned.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from bart_core import GenerationConfig, check_token_ids
+from bart_core.outputs import GenerateOutput
+
+NEG_INF = -jnp.inf
+BEAM_FILL = -1.0e9   # the reference's "impossible" beam score
+
+
+# ============================================================================ logits processors
+def repetition_penalty(scores, seqs, cur_len, penalty):
+    """Tokens present in seqs[:, :cur_len]: negative scores * penalty, positive / penalty. (N, V)."""
+    n, length = seqs.shape
+    filled = (jnp.arange(length) < cur_len).astype(jnp.int32)                 # (L,)
+    present = jnp.zeros(scores.shape, jnp.int32).at[jnp.arange(n)[:, None], seqs].max(
+        jnp.broadcast_to(filled, seqs.shape)) > 0                              # (N, V)
+    return jnp.where(present, jnp.where(scores < 0, scores * penalty, scores / penalty), scores)
+
+
+def no_repeat_ngram(scores, seqs, cur_len, size):
+    """Ban every token that would complete an n-gram already present in seqs[:, :cur_len]. (N, V)."""
+    n, length = seqs.shape
+    windows_n = length - size + 1
+    if windows_n <= 0:
+        return scores
+    idx = jnp.arange(windows_n)[:, None] + jnp.arange(size)[None]            # (W, n)
+    windows = seqs[:, idx]                                                     # (N, W, n)
+    prefix = lax.dynamic_slice(seqs, (0, jnp.maximum(cur_len - (size - 1), 0)), (n, size - 1))  # (N, n-1)
+    match = jnp.all(windows[:, :, :-1] == prefix[:, None, :], axis=-1)        # (N, W)
+    match = match & (jnp.arange(windows_n) + size <= cur_len)[None]
+    banned = jnp.zeros(scores.shape, jnp.int32).at[jnp.arange(n)[:, None], windows[:, :, -1]].max(
+        match.astype(jnp.int32)) > 0
+    return jnp.where(banned, NEG_INF, scores)
+
+
+def force_token(scores, token):
+    return jnp.full_like(scores, NEG_INF).at[:, token].set(0.0)
+
+
+def process_scores(scores, seqs, cur_len, gen: GenerationConfig):
+    """The processors in the order of bart_core.generation: scores (N, V) float32, seqs (N, L) int32."""
+    max_length, min_length = gen.total_max_length, gen.total_min_length
+    if gen.repetition_penalty != 1.0:
+        scores = repetition_penalty(scores, seqs, cur_len, gen.repetition_penalty)
+    if gen.no_repeat_ngram_size > 0:
+        scores = no_repeat_ngram(scores, seqs, cur_len, gen.no_repeat_ngram_size)
+    if gen.eos_token_id is not None and min_length > 0:
+        scores = jnp.where(cur_len < min_length, scores.at[:, gen.eos_token_id].set(NEG_INF), scores)
+    if gen.forced_bos_token_id is not None:
+        scores = jnp.where(cur_len == 1, force_token(scores, gen.forced_bos_token_id), scores)
+    if gen.forced_eos_token_id is not None:
+        scores = jnp.where(cur_len == max_length - 1, force_token(scores, gen.forced_eos_token_id), scores)
+    return scores
+
+
+def warp_for_sampling(scores, gen: GenerationConfig):
+    """Temperature, top-k, top-p (reference order); removed tokens get -inf. (N, V)."""
+    if gen.temperature != 1.0:
+        scores = scores / gen.temperature
+    vocab = scores.shape[-1]
+    if gen.top_k:
+        kth = lax.top_k(scores, min(gen.top_k, vocab))[0][:, -1:]              # (N, 1)
+        scores = jnp.where(scores < kth, NEG_INF, scores)
+    if gen.top_p < 1.0:
+        order = jnp.argsort(scores, axis=-1)                                   # ascending
+        sorted_scores = jnp.take_along_axis(scores, order, axis=-1)
+        cum = jnp.cumsum(jax.nn.softmax(sorted_scores, axis=-1), axis=-1)
+        remove = (cum <= 1 - gen.top_p).at[:, -1].set(False)                  # keep at least one token
+        rows = jnp.arange(scores.shape[0])[:, None]
+        remove = jnp.zeros_like(remove).at[rows, order].set(remove)
+        scores = jnp.where(remove, NEG_INF, scores)
+    return scores
+
+
+# ============================================================================ greedy and sampling
+def sample_loop(step: Callable, cache, num: int, gen: GenerationConfig, key, output_scores: bool, vocab: int):
+    """Greedy (arg-max) or sampling over N = num sequences. Returns (seqs (N, L), length, scores or None)."""
+    length = gen.total_max_length
+    seqs = jnp.full((num, length), gen.pad_token_id, jnp.int32).at[:, 0].set(gen.decoder_start_token_id)
+    scores_buf = jnp.zeros((length - 1, num, vocab), jnp.float32) if output_scores else None
+    eos = gen.eos_token_id
+
+    def cond(state):
+        cur_len, _, unfinished, *_ = state
+        return (cur_len < length) & jnp.any(unfinished)
+
+    def body(state):
+        cur_len, seqs, unfinished, cache, key, scores_buf = state
+        tokens = lax.dynamic_slice(seqs, (0, cur_len - 1), (num, 1))           # (N, 1)
+        logits, cache = step(tokens, cache)                                    # (N, V)
+        scores = process_scores(logits, seqs, cur_len, gen)
+        if gen.do_sample:
+            key, sub = jax.random.split(key)
+            nxt = jax.random.categorical(sub, warp_for_sampling(scores, gen), axis=-1)
+        else:
+            nxt = jnp.argmax(scores, axis=-1)
+        nxt = jnp.where(unfinished, nxt, gen.pad_token_id).astype(jnp.int32)  # (N,)
+        seqs = lax.dynamic_update_slice(seqs, nxt[:, None], (0, cur_len))
+        if eos is not None:
+            unfinished = unfinished & (nxt != eos)
+        if scores_buf is not None:
+            scores_buf = lax.dynamic_update_slice(scores_buf, scores[None], (cur_len - 1, 0, 0))
+        return cur_len + 1, seqs, unfinished, cache, key, scores_buf
+
+    state = (jnp.int32(1), seqs, jnp.ones((num,), bool), cache, key, scores_buf)
+    cur_len, seqs, _, _, _, scores_buf = lax.while_loop(cond, body, state)
+    return seqs, cur_len, scores_buf
+
+
+# ============================================================================ beam search
+def _gather(x, idx):
+    """x (B, K, ...), idx (B, J) -> (B, J, ...)."""
+    return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def beam_search(step: Callable, reorder: Callable, cache, batch: int, gen: GenerationConfig,
+                output_scores: bool, vocab: int):
+    """Returns (seqs (B * num_return_sequences, L), length, scores or None, sequence scores (B * nrs,))."""
+    nb, length, lp, es = gen.num_beams, gen.total_max_length, gen.length_penalty, gen.early_stopping
+    keep = 2 * nb                                                              # one eos token id: (1 + 1) * nb
+    prompt = 1
+    eos = -1 if gen.eos_token_id is None else gen.eos_token_id
+    fill = gen.pad_token_id if gen.pad_token_id else (gen.eos_token_id if gen.eos_token_id is not None else -1)
+    # python float n ** lp rounded to float32, as the reference divides float32 scores by a python scalar
+    denom = jnp.asarray(np.array([float(n) ** lp if n > 0 else 1.0 for n in range(length + 2)], np.float32))
+    top_mask = jnp.arange(keep) < nb                                           # (2nb,)
+    batch_offset = (jnp.arange(batch) * nb)[:, None]                           # (B, 1)
+
+    running = jnp.full((batch, nb, length), fill, jnp.int32).at[:, :, 0].set(gen.decoder_start_token_id)
+    state = dict(
+        cur_len=jnp.int32(prompt), running=running,
+        running_scores=jnp.zeros((batch, nb), jnp.float32).at[:, 1:].set(BEAM_FILL),
+        seqs=running, beam_scores=jnp.full((batch, nb), BEAM_FILL, jnp.float32),
+        lengths=jnp.full((batch, nb), prompt, jnp.int32), finished=jnp.zeros((batch, nb), bool),
+        heuristic=jnp.ones((batch, 1), bool), hits=jnp.zeros((batch, keep), bool), done=jnp.array(False),
+        cache=cache,
+        scores=jnp.zeros((length - 1, batch * nb, vocab), jnp.float32) if output_scores else None)
+
+    def cond(s):
+        return ~s["done"]
+
+    def body(s):
+        cur_len = s["cur_len"]
+        flat = s["running"].reshape(batch * nb, length)                         # (B*nb, L)
+        tokens = lax.dynamic_slice(flat, (0, cur_len - 1), (batch * nb, 1))
+        logits, cache = step(tokens, s["cache"])                               # (B*nb, V)
+        log_probs = process_scores(jax.nn.log_softmax(logits, axis=-1), flat, cur_len, gen)
+        scores_buf = s["scores"]
+        if scores_buf is not None:
+            scores_buf = lax.dynamic_update_slice(scores_buf, log_probs[None], (cur_len - 1, 0, 0))
+        acc = (log_probs.reshape(batch, nb, vocab) + s["running_scores"][:, :, None]).reshape(batch, nb * vocab)
+
+        # c. top 2*nb continuations among all beams
+        topk_scores, topk_idx = lax.top_k(acc, keep)                           # (B, 2nb)
+        from_beam, topk_ids = topk_idx // vocab, (topk_idx % vocab).astype(jnp.int32)
+        topk_seqs = _gather(s["running"], from_beam)                           # (B, 2nb, L)
+        topk_seqs = lax.dynamic_update_slice(topk_seqs, topk_ids[:, :, None], (0, 0, cur_len))
+        # d. which of them stop here (eos or max length)
+        hits = (topk_ids == eos) | (cur_len + 1 >= length)                     # (B, 2nb)
+
+        # e. the best non-finished nb continue
+        cont_scores = topk_scores + hits.astype(jnp.float32) * BEAM_FILL
+        nxt = lax.top_k(cont_scores, nb)[1]                                    # (B, nb)
+        running = _gather(topk_seqs, nxt)
+        running_scores = _gather(cont_scores, nxt)
+        cache = reorder(cache, (_gather(from_beam, nxt) + batch_offset).reshape(-1))
+
+        # f. merge newly finished (only the top nb candidates) into the finished set
+        just_finished = hits & top_mask[None]
+        fin = topk_scores / denom[cur_len + 1 - prompt]
+        if es is True:
+            fin = fin + jnp.all(s["finished"], axis=-1, keepdims=True).astype(jnp.float32) * BEAM_FILL
+        fin = fin + (~s["heuristic"]).astype(jnp.float32) * BEAM_FILL
+        fin = fin + (~just_finished).astype(jnp.float32) * BEAM_FILL
+        merged_scores = jnp.concatenate([s["beam_scores"], fin], axis=1)       # (B, 3nb)
+        best = lax.top_k(merged_scores, nb)[1]
+        seqs = _gather(jnp.concatenate([s["seqs"], topk_seqs], axis=1), best)
+        beam_scores = _gather(merged_scores, best)
+        lengths = _gather(jnp.concatenate([s["lengths"], jnp.full((batch, keep), cur_len + 1)], axis=1), best)
+        finished = _gather(jnp.concatenate([s["finished"], just_finished], axis=1), best)
+
+        # g. stopping: can a running beam still beat the worst finished one?
+        cur_len = cur_len + 1
+        best_len = (length - prompt) if (es == "never" and lp > 0.0) else (cur_len - prompt)
+        best_running = running_scores[:, :1] / denom[best_len]
+        worst = jnp.where(finished, jnp.min(beam_scores, axis=1, keepdims=True), BEAM_FILL)
+        heuristic = s["heuristic"] & jnp.any(best_running > worst, axis=-1, keepdims=True)
+        open_beam = ~(jnp.all(finished) & (es is True))
+        go_on = jnp.any(heuristic) & open_beam & ~jnp.all(hits)
+        return dict(cur_len=cur_len, running=running, running_scores=running_scores, seqs=seqs,
+                    beam_scores=beam_scores, lengths=lengths, finished=finished, heuristic=heuristic, hits=hits,
+                    done=~go_on, cache=cache, scores=scores_buf)
+
+    s = lax.while_loop(cond, body, state)
+    nrs = gen.num_return_sequences
+    seqs = s["seqs"][:, :nrs].reshape(batch * nrs, length)
+    out_len = jnp.max(s["lengths"][:, :nrs])
+    return seqs, out_len, s["scores"], s["beam_scores"][:, :nrs].reshape(-1), s["cur_len"]
+
+
+# ============================================================================ the compiled program
+def _program(model, gen: GenerationConfig, params, input_ids, attention_mask, key):
+    """Encode once, precompute cross-attention keys/values, run the decoding loop; all inside one jit."""
+    module, config = model.module, model.config
+    batch = input_ids.shape[0]
+    enc = module.apply({"params": params}, input_ids, attention_mask, method="encode", deterministic=True)
+    group = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences
+    num = batch * group                                                        # hypotheses; they share enc rows
+    cache = model.init_cache(num, gen.total_max_length - 1, enc.last_hidden_state, params=params)
+    vocab = config.vocab_size
+
+    def step(tokens, cache):
+        dec, logits = module.apply({"params": params}, tokens, None, attention_mask, cache=cache, method="decode",
+                                   deterministic=True)
+        return logits[:, -1].astype(jnp.float32), dec.past_key_values
+
+    out = {}
+    if gen.num_beams > 1:
+        from bart_flax.modeling import reorder_cache
+        seqs, length, scores, seq_scores, cur_len = beam_search(step, reorder_cache, cache, batch, gen,
+                                                                gen.output_scores, vocab)
+        out.update(sequences_scores=seq_scores, steps=cur_len - 1)
+    else:
+        seqs, length, scores = sample_loop(step, cache, num, gen, key, gen.output_scores, vocab)
+        out["steps"] = length - 1
+    out.update(sequences=seqs, length=length, scores=scores)
+    return out
+
+
+def _compiled(model, gen: GenerationConfig):
+    cache = model._generate_cache
+    fn = cache.get(gen)
+    if fn is None:
+        fn = cache[gen] = jax.jit(functools.partial(_program, model, gen))
+    return fn
+
+
+def generate(model, input_ids, attention_mask=None, params=None, prng_key=None, **options):
+    """See ``BartForConditionalGeneration.generate``."""
+    gen = GenerationConfig.from_model_config(model.config, **options)
+    eager = not isinstance(input_ids, jax.core.Tracer)
+    if eager:
+        check_token_ids(np.asarray(input_ids), model.config, "input_ids")
+    if gen.total_max_length - 1 > model.config.max_position_embeddings:
+        raise ValueError(f"max_length {gen.total_max_length} needs {gen.total_max_length - 1} decoder positions; "
+                         f"the model has max_position_embeddings={model.config.max_position_embeddings}")
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+    if prng_key is None:
+        prng_key = jax.random.PRNGKey(gen.seed if gen.seed is not None else 0)
+    static = gen.replace(seed=None, use_cache=True)
+    out = _compiled(model, static)(model.params if params is None else params, input_ids, attention_mask, prng_key)
+    seqs, scores = out["sequences"], out["scores"]
+    if eager:
+        length = int(out["length"])
+        seqs = seqs[:, :length]
+        if scores is not None:
+            scores = scores[:int(out["steps"])]
+    if not gen.return_dict_in_generate:
+        return seqs
+    return GenerateOutput(sequences=seqs, scores=None if scores is None else tuple(scores),
+                          sequences_scores=out.get("sequences_scores") if gen.output_scores else None)

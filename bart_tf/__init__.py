@@ -1,0 +1,13 @@
+"""BART on Keras 3 (TensorFlow backend): the same five models, checkpoints and numbers as the other backends."""
+
+from bart_tf.modeling import (
+    BartForCausalLM,
+    BartForConditionalGeneration,
+    BartForQuestionAnswering,
+    BartForSequenceClassification,
+    BartModel,
+    KVCache,
+)
+
+__all__ = ["BartForCausalLM", "BartForConditionalGeneration", "BartForQuestionAnswering",
+           "BartForSequenceClassification", "BartModel", "KVCache"]

@@ -1,0 +1,817 @@
+"""BART as Keras 3 models on the TensorFlow backend: the network only.
+
+Every layer carries the ``name=`` of the canonical table (``bart_core.names``); ``_named_children`` lists a
+layer's children under their canonical names, so the state dict is a walk over the tree (``canonical_variables``).
+Masks follow ``bart_core.inputs`` (True = attend, one fill value ``finfo(float32).min``, softmax in float32).
+
+Bad token ids: in eager mode every ``input_ids`` / ``decoder_input_ids`` goes through
+``bart_core.inputs.check_token_ids`` and raises ``ValueError``. Inside ``tf.function`` the check cannot run:
+without XLA, TensorFlow's CPU gather raises ``InvalidArgumentError`` while its GPU gather returns a zero row;
+under XLA (``jit_compile=True``) gathers clamp the index into ``[0, vocab_size - 1]``, so an out-of-range id
+silently reads the first or last embedding row. Validate ids before entering compiled code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bart_core import outputs as O
+from bart_core.config import BartConfig
+from bart_core.inputs import check_token_ids
+from bart_core.names import POSITION_OFFSET
+from bart_tf.generation import GenerationMixin
+from bart_tf.io import PretrainedMixin
+from bart_tf.training import KerasTrainingMixin
+
+# ============================================================ 1. activations and mask helpers
+ACT2FN = {
+    "gelu": lambda x: tf.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: tf.nn.gelu(x, approximate=True),
+    "relu": tf.nn.relu,
+    "silu": tf.nn.silu,
+    "swish": tf.nn.silu,
+    "tanh": tf.math.tanh,
+}
+MASK_FILL = float(np.finfo(np.float32).min)
+
+
+def make_padding_mask(attention_mask: tf.Tensor) -> tf.Tensor:
+    """(B, S) 0/1 or bool -> (B, S) bool, True = attend."""
+    return tf.cast(attention_mask, tf.bool)
+
+
+def make_causal_mask(tgt_len, src_len, past_length=0) -> tf.Tensor:
+    """(T, S) bool: query i (absolute position past_length + i) sees keys at positions <= its own."""
+    q = tf.range(tgt_len)[:, None] + past_length
+    k = tf.range(src_len)[None, :]
+    return k <= q
+
+
+def attention_bias(mask: tf.Tensor) -> tf.Tensor:
+    """bool (B|1, 1, T, S) -> float32 additive bias: 0 where True, finfo(float32).min elsewhere."""
+    return tf.where(mask, 0.0, MASK_FILL)
+
+
+def shift_tokens_right(ids: tf.Tensor, pad_token_id: int, decoder_start_token_id: int) -> tf.Tensor:
+    """(B, T) ``[a, b, c]`` -> ``[start, a, b]``; -100 becomes pad (as ``bart_core.inputs.shift_tokens_right``)."""
+    ids = tf.cast(ids, tf.int32)
+    start = tf.fill([tf.shape(ids)[0], 1], decoder_start_token_id)
+    out = tf.concat([start, ids[:, :-1]], axis=1)
+    return tf.where(out == -100, pad_token_id, out)
+
+
+def _check_ids(ids, config: BartConfig, name: str, past_length=0) -> None:
+    if ids is not None and tf.executing_eagerly():
+        check_token_ids(np.asarray(ids), config, name, int(past_length))
+
+
+def _dense(units: int, config: BartConfig, name: str, use_bias: bool = True) -> keras.layers.Dense:
+    return keras.layers.Dense(units, use_bias=use_bias, name=name,
+                              kernel_initializer=keras.initializers.RandomNormal(stddev=config.init_std))
+
+
+def _layer_norm(name: str) -> keras.layers.LayerNormalization:
+    return keras.layers.LayerNormalization(epsilon=1e-5, name=name)
+
+
+class KVCache(NamedTuple):
+    """Decoder state. ``layers[i] = (k, v, cross_k, cross_v)``: self-attention buffers (B, H, capacity, hd),
+    cross-attention keys/values (B, H, S, hd) computed once; ``index``: positions filled (int32 scalar)."""
+    layers: tuple
+    index: tf.Tensor
+
+
+# ============================================================ 2. embeddings
+class BartScaledWordEmbedding(keras.layers.Layer):
+    """Token table (V, D); ``call`` looks rows up and scales them, ``attend`` is the tied output projection."""
+
+    def __init__(self, config: BartConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.dim = config.vocab_size, config.d_model
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self.init_std, self.pad_token_id = config.init_std, config.pad_token_id
+
+    def build(self, input_shape=None):
+        def init(shape, dtype=None):  # normal rows, zero padding row (the reference's padding_idx)
+            w = keras.random.normal(shape, stddev=self.init_std, dtype=dtype)
+            return w * tf.cast(tf.range(shape[0]) != self.pad_token_id, w.dtype)[:, None]
+        self.embeddings = self.add_weight(name="embeddings", shape=(self.vocab_size, self.dim), initializer=init)
+        self.built = True
+
+    def call(self, ids):  # (B, T) -> (B, T, D)
+        return tf.gather(tf.cast(self.embeddings, self.compute_dtype), ids) * self.embed_scale
+
+    def attend(self, hidden):  # (B, T, D) -> (B, T, V)
+        return tf.matmul(hidden, tf.cast(self.embeddings, hidden.dtype), transpose_b=True)
+
+
+class BartLearnedPositionalEmbedding(keras.layers.Layer):
+    """Learned positions, table (max_position_embeddings + 2, D): position p reads row p + 2."""
+
+    def __init__(self, config: BartConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.rows, self.dim, self.init_std = config.max_position_embeddings + POSITION_OFFSET, config.d_model, \
+            config.init_std
+
+    def build(self, input_shape=None):
+        self.embeddings = self.add_weight(name="embeddings", shape=(self.rows, self.dim),
+                                          initializer=keras.initializers.RandomNormal(stddev=self.init_std))
+        self.built = True
+
+    def lookup(self, past_length, length):  # -> (1, T, D); a plain method: its arguments are not tensors
+        positions = tf.range(length) + past_length + POSITION_OFFSET
+        return tf.gather(tf.cast(self.embeddings, self.compute_dtype), positions)[None]
+
+
+# ============================================================ 3. attention
+class BartAttention(keras.layers.Layer):
+    def __init__(self, config: BartConfig, num_heads: int, dropout: float, is_cross: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.num_heads, self.is_cross = config.d_model, num_heads, is_cross
+        self.head_dim = config.d_model // num_heads
+        self.scaling = self.head_dim ** -0.5
+        self.k_proj = _dense(self.dim, config, "k_proj")
+        self.v_proj = _dense(self.dim, config, "v_proj")
+        self.q_proj = _dense(self.dim, config, "q_proj")
+        self.out_proj = _dense(self.dim, config, "out_proj")
+        self.dropout = keras.layers.Dropout(dropout)
+
+    def _named_children(self):
+        return [("k_proj", self.k_proj), ("v_proj", self.v_proj), ("q_proj", self.q_proj),
+                ("out_proj", self.out_proj)]
+
+    def build(self, input_shape=None):
+        for _, layer in self._named_children():
+            layer.build((None, self.dim))
+        self.built = True
+
+    def _split_heads(self, x):  # (B, T, D) -> (B, H, T, hd)
+        b, t = tf.shape(x)[0], tf.shape(x)[1]
+        return tf.transpose(tf.reshape(x, [b, t, self.num_heads, self.head_dim]), [0, 2, 1, 3])
+
+    def call(self, hidden, mask=None, key_value_states=None, cache=None, cache_index=0, layer_head_mask=None,
+             output_attentions=False, training=False):
+        """hidden (B, T, D); mask bool (B|1, 1, T, S) or None; key_value_states (B, S, D) for cross-attention.
+        cache: self-attention ``(k, v)`` buffers (B, H, capacity, hd) written at ``cache_index``, or
+        cross-attention ``(k, v)`` (B, H, S, hd) reused as they are. Returns (out (B, T, D), weights, (k, v))."""
+        q = self._split_heads(self.q_proj(hidden) * self.scaling)  # (B, H, T, hd)
+        if self.is_cross:
+            if cache is not None:
+                k, v = cache                                       # (B, H, S, hd)
+            else:
+                k = self._split_heads(self.k_proj(key_value_states))
+                v = self._split_heads(self.v_proj(key_value_states))
+        else:
+            k = self._split_heads(self.k_proj(hidden))             # (B, H, T, hd)
+            v = self._split_heads(self.v_proj(hidden))
+            if cache is not None:                                  # write into (B, H, capacity, hd)
+                start = [0, 0, cache_index, 0]
+                k = keras.ops.slice_update(cache[0], start, tf.cast(k, cache[0].dtype))
+                v = keras.ops.slice_update(cache[1], start, tf.cast(v, cache[1].dtype))
+        scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)  # (B, H, T, S)
+        if mask is not None:  # bool masks travel between layers (Keras would autocast a float bias)
+            scores += attention_bias(mask)
+        probs = tf.nn.softmax(scores, axis=-1)
+        if layer_head_mask is not None:
+            probs = probs * tf.reshape(tf.cast(layer_head_mask, probs.dtype), [1, -1, 1, 1])
+        weights = probs if output_attentions else None
+        probs = self.dropout(tf.cast(probs, v.dtype), training=training)
+        out = tf.matmul(probs, v)                                  # (B, H, T, hd)
+        b, t = tf.shape(out)[0], tf.shape(out)[2]
+        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, self.dim])  # (B, T, D)
+        return self.out_proj(out), weights, (k, v)
+
+
+# ============================================================ 4. encoder layer
+class BartEncoderLayer(keras.layers.Layer):
+    def __init__(self, config: BartConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.ffn = config.d_model, config.encoder_ffn_dim
+        self.self_attn = BartAttention(config, config.encoder_attention_heads, config.attention_dropout,
+                                       name="self_attn")
+        self.self_attn_layer_norm = _layer_norm("self_attn_layer_norm")
+        self.fc1 = _dense(self.ffn, config, "fc1")
+        self.fc2 = _dense(self.dim, config, "fc2")
+        self.final_layer_norm = _layer_norm("final_layer_norm")
+        self.act = ACT2FN[config.activation_function]
+        self.dropout = keras.layers.Dropout(config.dropout)
+        self.activation_dropout = keras.layers.Dropout(config.activation_dropout)
+
+    def _named_children(self):
+        return [("self_attn", self.self_attn), ("self_attn_layer_norm", self.self_attn_layer_norm),
+                ("fc1", self.fc1), ("fc2", self.fc2), ("final_layer_norm", self.final_layer_norm)]
+
+    def build(self, input_shape=None):
+        self.self_attn.build()
+        for norm in (self.self_attn_layer_norm, self.final_layer_norm):
+            norm.build((None, self.dim))
+        self.fc1.build((None, self.dim))
+        self.fc2.build((None, self.ffn))
+        self.built = True
+
+    def call(self, hidden, mask, layer_head_mask=None, output_attentions=False, training=False):
+        """hidden (B, S, D), mask (B, 1, 1, S) -> (B, S, D), weights (B, H, S, S) or None."""
+        residual = hidden
+        hidden, weights, _ = self.self_attn(hidden, mask, layer_head_mask=layer_head_mask,
+                                            output_attentions=output_attentions, training=training)
+        hidden = self.self_attn_layer_norm(residual + self.dropout(hidden, training=training))
+        residual = hidden
+        hidden = self.activation_dropout(self.act(self.fc1(hidden)), training=training)
+        hidden = self.final_layer_norm(residual + self.dropout(self.fc2(hidden), training=training))
+        return hidden, weights
+
+
+# ============================================================ 5. decoder layer
+class BartDecoderLayer(keras.layers.Layer):
+    def __init__(self, config: BartConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.dim, self.ffn = config.d_model, config.decoder_ffn_dim
+        heads, drop = config.decoder_attention_heads, config.attention_dropout
+        self.self_attn = BartAttention(config, heads, drop, name="self_attn")
+        self.self_attn_layer_norm = _layer_norm("self_attn_layer_norm")
+        self.encoder_attn = BartAttention(config, heads, drop, is_cross=True, name="encoder_attn")
+        self.encoder_attn_layer_norm = _layer_norm("encoder_attn_layer_norm")
+        self.fc1 = _dense(self.ffn, config, "fc1")
+        self.fc2 = _dense(self.dim, config, "fc2")
+        self.final_layer_norm = _layer_norm("final_layer_norm")
+        self.act = ACT2FN[config.activation_function]
+        self.dropout = keras.layers.Dropout(config.dropout)
+        self.activation_dropout = keras.layers.Dropout(config.activation_dropout)
+
+    def _named_children(self):
+        return [("self_attn", self.self_attn), ("self_attn_layer_norm", self.self_attn_layer_norm),
+                ("encoder_attn", self.encoder_attn), ("encoder_attn_layer_norm", self.encoder_attn_layer_norm),
+                ("fc1", self.fc1), ("fc2", self.fc2), ("final_layer_norm", self.final_layer_norm)]
+
+    def build(self, input_shape=None):
+        self.self_attn.build()
+        self.encoder_attn.build()
+        for norm in (self.self_attn_layer_norm, self.encoder_attn_layer_norm, self.final_layer_norm):
+            norm.build((None, self.dim))
+        self.fc1.build((None, self.dim))
+        self.fc2.build((None, self.ffn))
+        self.built = True
+
+    def call(self, hidden, self_mask, encoder_hidden=None, cross_mask=None, cache=None, cache_index=0,
+             layer_head_mask=None, cross_head_mask=None, output_attentions=False, training=False):
+        """hidden (B, T, D); cache ``(k, v, cross_k, cross_v)`` or None. Cross-attention runs when encoder
+        states or cached cross keys exist. Returns hidden, self weights, cross weights, new cache entry."""
+        residual = hidden
+        self_cache = None if cache is None else cache[:2]
+        hidden, self_w, (k, v) = self.self_attn(hidden, self_mask, cache=self_cache, cache_index=cache_index,
+                                                layer_head_mask=layer_head_mask,
+                                                output_attentions=output_attentions, training=training)
+        hidden = self.self_attn_layer_norm(residual + self.dropout(hidden, training=training))
+        cross_w, ck, cv = None, None, None
+        cross_cache = None if cache is None or cache[2] is None else cache[2:]
+        if encoder_hidden is not None or cross_cache is not None:
+            residual = hidden
+            hidden, cross_w, (ck, cv) = self.encoder_attn(hidden, cross_mask, key_value_states=encoder_hidden,
+                                                          cache=cross_cache, layer_head_mask=cross_head_mask,
+                                                          output_attentions=output_attentions, training=training)
+            hidden = self.encoder_attn_layer_norm(residual + self.dropout(hidden, training=training))
+        residual = hidden
+        hidden = self.activation_dropout(self.act(self.fc1(hidden)), training=training)
+        hidden = self.final_layer_norm(residual + self.dropout(self.fc2(hidden), training=training))
+        return hidden, self_w, cross_w, (k, v, ck, cv)
+
+
+# ============================================================ 6. encoder
+def _layerdrop(layer_out, hidden, rate: float, seed, training: bool):
+    """Skip a layer with probability ``rate`` while training (XLA-friendly: both branches are computed)."""
+    if not training or rate <= 0.0:
+        return layer_out
+    keep = keras.random.uniform((), seed=seed) >= rate
+    return tf.nest.map_structure(lambda a, b: tf.where(keep, a, b) if b is not None else a, layer_out, hidden)
+
+
+class BartEncoder(keras.layers.Layer):
+    def __init__(self, config: BartConfig, embed_tokens: BartScaledWordEmbedding, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.embed_tokens = embed_tokens  # shared with the decoder; stored under model.shared
+        self.embed_positions = BartLearnedPositionalEmbedding(config, name="embed_positions")
+        self.layers = [BartEncoderLayer(config, name=f"layers.{i}") for i in range(config.encoder_layers)]
+        self.layernorm_embedding = _layer_norm("layernorm_embedding")
+        self.dropout = keras.layers.Dropout(config.dropout)
+        self.seed = keras.random.SeedGenerator(0)
+
+    def _named_children(self):
+        return ([("embed_positions", self.embed_positions)] + [(f"layers.{i}", l) for i, l in enumerate(self.layers)]
+                + [("layernorm_embedding", self.layernorm_embedding)])
+
+    def build(self, input_shape=None):
+        self.embed_positions.build()
+        for layer in self.layers:
+            layer.build()
+        self.layernorm_embedding.build((None, self.config.d_model))
+        self.built = True
+
+    def call(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None,
+             output_attentions=False, output_hidden_states=False, training=False) -> O.BaseModelOutput:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("specify exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            _check_ids(input_ids, self.config, "input_ids")
+            inputs_embeds = self.embed_tokens(tf.cast(input_ids, tf.int32))      # (B, S, D)
+        b, s = tf.shape(inputs_embeds)[0], tf.shape(inputs_embeds)[1]
+        hidden = tf.cast(inputs_embeds, self.compute_dtype) + self.embed_positions.lookup(0, s)
+        hidden = self.dropout(self.layernorm_embedding(hidden), training=training)
+        mask = None if attention_mask is None else make_padding_mask(attention_mask)[:, None, None, :]  # (B,1,1,S)
+        states, attentions = (), ()
+        for i, layer in enumerate(self.layers):
+            if output_hidden_states:
+                states += (hidden,)
+            out = layer(hidden, mask, layer_head_mask=None if head_mask is None else head_mask[i],
+                        output_attentions=output_attentions, training=training)
+            hidden, weights = _layerdrop(out, (hidden, out[1]), self.config.encoder_layerdrop, self.seed, training)
+            if output_attentions:
+                attentions += (weights,)
+        if output_hidden_states:
+            states += (hidden,)
+        return O.BaseModelOutput(last_hidden_state=hidden, hidden_states=states or None,
+                                 attentions=attentions or None)
+
+
+# ============================================================ 7. decoder
+class BartDecoder(keras.layers.Layer):
+    def __init__(self, config: BartConfig, embed_tokens: Optional[BartScaledWordEmbedding] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.owns_embedding = embed_tokens is None  # the causal LM keeps its own model.decoder.embed_tokens
+        self.embed_tokens = embed_tokens or BartScaledWordEmbedding(config, name="embed_tokens")
+        self.embed_positions = BartLearnedPositionalEmbedding(config, name="embed_positions")
+        self.layers = [BartDecoderLayer(config, name=f"layers.{i}") for i in range(config.decoder_layers)]
+        self.layernorm_embedding = _layer_norm("layernorm_embedding")
+        self.dropout = keras.layers.Dropout(config.dropout)
+        self.seed = keras.random.SeedGenerator(1)
+
+    def _named_children(self):
+        own = [("embed_tokens", self.embed_tokens)] if self.owns_embedding else []
+        return (own + [("embed_positions", self.embed_positions)]
+                + [(f"layers.{i}", l) for i, l in enumerate(self.layers)]
+                + [("layernorm_embedding", self.layernorm_embedding)])
+
+    def build(self, input_shape=None):
+        if self.owns_embedding:
+            self.embed_tokens.build()
+        self.embed_positions.build()
+        for layer in self.layers:
+            layer.build()
+        self.layernorm_embedding.build((None, self.config.d_model))
+        self.built = True
+
+    def init_cache(self, encoder_hidden, capacity: int, batch_size=None) -> KVCache:
+        """Preallocated cache: zero self-attention buffers (B, H, capacity, hd), cross keys/values from
+        ``encoder_hidden`` (B, S, D) computed once (or none for a decoder-only model), index 0."""
+        if batch_size is None:
+            batch_size = tf.shape(encoder_hidden)[0]
+        layers = []
+        for layer in self.layers:
+            attn = layer.self_attn
+            zeros = tf.zeros([batch_size, attn.num_heads, capacity, attn.head_dim], self.compute_dtype)
+            ck = cv = None
+            if encoder_hidden is not None:
+                cross = layer.encoder_attn
+                ck = cross._split_heads(cross.k_proj(encoder_hidden))             # (B, H, S, hd)
+                cv = cross._split_heads(cross.v_proj(encoder_hidden))
+            layers.append((zeros, zeros, ck, cv))
+        return KVCache(tuple(layers), tf.constant(0, tf.int32))
+
+    @staticmethod
+    def _grow(cache: KVCache, needed: int) -> KVCache:
+        """Eager incremental decoding with a cache that is already full: append zero slots (static sizes only)."""
+        capacity = cache.layers[0][0].shape[2]
+        if capacity is None or needed <= capacity:
+            return cache
+        pad = [[0, 0], [0, 0], [0, needed - capacity], [0, 0]]
+        return KVCache(tuple((tf.pad(k, pad), tf.pad(v, pad), ck, cv) for k, v, ck, cv in cache.layers),
+                       cache.index)
+
+    def call(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+             head_mask=None, cross_attn_head_mask=None, past_key_values: Optional[KVCache] = None,
+             inputs_embeds=None, use_cache=False, output_attentions=False, output_hidden_states=False,
+             training=False) -> O.BaseModelOutputWithPastAndCrossAttentions:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("specify exactly one of decoder input_ids and inputs_embeds")
+        index = tf.constant(0, tf.int32) if past_key_values is None else tf.cast(past_key_values.index, tf.int32)
+        static_index = tf.get_static_value(index)
+        if inputs_embeds is None:
+            _check_ids(input_ids, self.config, "decoder_input_ids", static_index or 0)
+            inputs_embeds = self.embed_tokens(tf.cast(input_ids, tf.int32))      # (B, T, D)
+        b, t = tf.shape(inputs_embeds)[0], tf.shape(inputs_embeds)[1]
+        if past_key_values is not None and static_index is not None and inputs_embeds.shape[1] is not None:
+            past_key_values = self._grow(past_key_values, int(static_index) + inputs_embeds.shape[1])
+        capacity = t if past_key_values is None else tf.shape(past_key_values.layers[0][0])[2]
+        hidden = tf.cast(inputs_embeds, self.compute_dtype) + self.embed_positions.lookup(index, t)
+        hidden = self.dropout(self.layernorm_embedding(hidden), training=training)
+
+        # masks, built once (bool, True = attend): self-attention (B|1, 1, T, capacity), cross (B, 1, 1, S)
+        mask = make_causal_mask(t, capacity, index)[None, None]
+        if attention_mask is not None:
+            pad = make_padding_mask(attention_mask)
+            pad = tf.pad(pad, [[0, 0], [0, capacity - tf.shape(pad)[1]]], constant_values=True)
+            mask = mask & pad[:, None, None, :]
+        cross_mask = None
+        if encoder_attention_mask is not None:
+            cross_mask = make_padding_mask(encoder_attention_mask)[:, None, None, :]
+
+        states, self_ws, cross_ws, new_layers = (), (), (), []
+        for i, layer in enumerate(self.layers):
+            if output_hidden_states:
+                states += (hidden,)
+            out = layer(hidden, mask, encoder_hidden=encoder_hidden_states, cross_mask=cross_mask,
+                        cache=None if past_key_values is None else past_key_values.layers[i], cache_index=index,
+                        layer_head_mask=None if head_mask is None else head_mask[i],
+                        cross_head_mask=None if cross_attn_head_mask is None else cross_attn_head_mask[i],
+                        output_attentions=output_attentions, training=training)
+            hidden = _layerdrop(out[0], hidden, self.config.decoder_layerdrop, self.seed, training)
+            new_layers.append(out[3])
+            if output_attentions:
+                self_ws += (out[1],)
+                cross_ws += (out[2],) if out[2] is not None else ()
+        if output_hidden_states:
+            states += (hidden,)
+        cache = KVCache(tuple(new_layers), index + t) if use_cache else None
+        return O.BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden, past_key_values=cache, hidden_states=states or None,
+            attentions=self_ws or None, cross_attentions=cross_ws or None)
+
+
+# ============================================================ 8. model
+class BartMainLayer(keras.layers.Layer):
+    """Shared embedding, encoder and decoder (the reference ``BartModel`` network)."""
+
+    def __init__(self, config: BartConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.shared = BartScaledWordEmbedding(config, name="shared")
+        self.encoder = BartEncoder(config, self.shared, name="encoder")
+        self.decoder = BartDecoder(config, self.shared, name="decoder")
+
+    def _named_children(self):
+        return [("shared", self.shared), ("encoder", self.encoder), ("decoder", self.decoder)]
+
+    def build(self, input_shape=None):
+        self.shared.build()
+        self.encoder.build()
+        self.decoder.build()
+        self.built = True
+
+    def call(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+             head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
+             past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, use_cache=None,
+             output_attentions=False, output_hidden_states=False, training=False) -> O.Seq2SeqModelOutput:
+        if decoder_input_ids is None and decoder_inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("If no `decoder_input_ids` or `decoder_inputs_embeds` are passed, `input_ids` "
+                                 "cannot be `None`. Please pass either `input_ids` or `decoder_input_ids` or "
+                                 "`decoder_inputs_embeds`.")
+            decoder_input_ids = shift_tokens_right(input_ids, self.config.pad_token_id,
+                                                   self.config.decoder_start_token_id)
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, head_mask=head_mask,
+                                           inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                                           output_hidden_states=output_hidden_states, training=training)
+        elif not isinstance(encoder_outputs, O.BaseModelOutput):
+            encoder_outputs = O.BaseModelOutput(*tuple(encoder_outputs)[:3]) if isinstance(
+                encoder_outputs, (tuple, list)) else O.BaseModelOutput(last_hidden_state=encoder_outputs)
+        dec = self.decoder(input_ids=decoder_input_ids, attention_mask=decoder_attention_mask,
+                           encoder_hidden_states=encoder_outputs.last_hidden_state,
+                           encoder_attention_mask=attention_mask, head_mask=decoder_head_mask,
+                           cross_attn_head_mask=cross_attn_head_mask, past_key_values=past_key_values,
+                           inputs_embeds=decoder_inputs_embeds, use_cache=use_cache,
+                           output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                           training=training)
+        return O.Seq2SeqModelOutput(
+            last_hidden_state=dec.last_hidden_state, past_key_values=dec.past_key_values,
+            decoder_hidden_states=dec.hidden_states, decoder_attentions=dec.attentions,
+            cross_attentions=dec.cross_attentions, encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states, encoder_attentions=encoder_outputs.attentions)
+
+
+class BartDecoderWrapper(keras.layers.Layer):
+    """The causal LM's ``model``: only a decoder (canonical ``model.decoder.*``)."""
+
+    def __init__(self, config: BartConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.decoder = BartDecoder(config, None, name="decoder")
+
+    def _named_children(self):
+        return [("decoder", self.decoder)]
+
+    def build(self, input_shape=None):
+        self.decoder.build()
+        self.built = True
+
+
+# ============================================================ 9. heads
+def lm_loss(logits, labels):
+    """Mean cross-entropy over labels != -100. logits (B, T, V) float32, labels (B, T) -> scalar."""
+    labels = tf.cast(labels, tf.int32)
+    keep = labels != -100
+    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(keep, labels, 0), logits=logits)  # (B, T)
+    keep = tf.cast(keep, nll.dtype)
+    return tf.reduce_sum(nll * keep) / tf.reduce_sum(keep)
+
+
+def _seq2seq_fields(out: O.Seq2SeqModelOutput) -> dict:
+    return {k: getattr(out, k) for k in ("past_key_values", "decoder_hidden_states", "decoder_attentions",
+                                          "cross_attentions", "encoder_last_hidden_state",
+                                          "encoder_hidden_states", "encoder_attentions")}
+
+
+def canonical_variables(layer, prefix: str = "") -> dict:
+    """Walk ``_named_children``: ``{canonical name: (keras Variable, transpose)}`` for every stored tensor."""
+    out = {}
+    if isinstance(layer, keras.layers.Dense):
+        out[prefix + "weight"] = (layer.kernel, True)
+        if layer.bias is not None:
+            out[prefix + "bias"] = (layer.bias, False)
+    elif isinstance(layer, keras.layers.LayerNormalization):
+        out[prefix + "weight"], out[prefix + "bias"] = (layer.gamma, False), (layer.beta, False)
+    elif isinstance(layer, (BartScaledWordEmbedding, BartLearnedPositionalEmbedding)):
+        out[prefix + "weight"] = (layer.embeddings, False)
+    else:
+        for name, child in layer._named_children():
+            out.update(canonical_variables(child, prefix + name + "."))
+    return out
+
+
+class BartPreTrainedModel(PretrainedMixin, KerasTrainingMixin, keras.Model):
+    """Shared by the five classes: config handling, canonical state dict, IO, Keras training hooks."""
+
+    head = "base"
+    output_names_for_predict: tuple = ()
+
+    def __init__(self, config: BartConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+
+    def _finish_init(self):  # create every variable now, so the state dict exists before the first call
+        for layer in self._layers:
+            if not layer.built:
+                layer.build()
+        self.built = True
+
+    def _flags(self, output_attentions, output_hidden_states, use_cache, return_dict):
+        return (bool(output_attentions), bool(output_hidden_states),
+                self.config.use_cache if use_cache is None else bool(use_cache),
+                True if return_dict is None else bool(return_dict))
+
+    @staticmethod
+    def _result(out, return_dict: bool):
+        return out if return_dict else out.to_tuple()
+
+
+class BartModel(BartPreTrainedModel):
+    head = "base"
+    output_names_for_predict = ("last_hidden_state",)
+
+    def __init__(self, config: BartConfig, **kwargs):
+        super().__init__(config, **kwargs)
+        self.model = BartMainLayer(config, name="model")
+        self._finish_init()
+
+    def _named_children(self):  # the base model's canonical names carry no "model." prefix
+        return self.model._named_children()
+
+    def call(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+             head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
+             past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, use_cache=None,
+             output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
+        if isinstance(input_ids, dict):
+            return self.call(**input_ids, training=training)
+        oa, oh, uc, rd = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                         decoder_attention_mask=decoder_attention_mask, head_mask=head_mask,
+                         decoder_head_mask=decoder_head_mask, cross_attn_head_mask=cross_attn_head_mask,
+                         encoder_outputs=encoder_outputs, past_key_values=past_key_values,
+                         inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds, use_cache=uc,
+                         output_attentions=oa, output_hidden_states=oh, training=training)
+        return self._result(out, rd)
+
+
+class BartForConditionalGeneration(GenerationMixin, BartPreTrainedModel):
+    head = "conditional_generation"
+    output_names_for_predict = ("logits",)
+
+    def __init__(self, config: BartConfig, **kwargs):
+        super().__init__(config, **kwargs)
+        self.model = BartMainLayer(config, name="model")
+        self.lm_head = None if config.tie_word_embeddings else BartScaledWordEmbedding(
+            config.copy(scale_embedding=False), name="lm_head")
+        self._finish_init()
+        self.final_logits_bias = self.add_weight(name="final_logits_bias", shape=(1, config.vocab_size),
+                                                 initializer="zeros", trainable=False)
+
+    def _named_children(self):
+        return [("model", self.model)] + ([("lm_head", self.lm_head)] if self.lm_head is not None else [])
+
+    def canonical_variables(self):
+        return {**canonical_variables(self), "final_logits_bias": (self.final_logits_bias, False)}
+
+    def lm_logits(self, hidden):  # (B, T, D) -> (B, T, V) float32
+        head = self.model.shared if self.lm_head is None else self.lm_head
+        return tf.cast(head.attend(hidden), tf.float32) + tf.cast(self.final_logits_bias, tf.float32)
+
+    def call(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+             head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
+             past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, labels=None, use_cache=None,
+             output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
+        if isinstance(input_ids, dict):
+            return self.call(**input_ids, training=training)
+        oa, oh, uc, rd = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
+        if labels is not None:
+            uc = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id,
+                                                       self.config.decoder_start_token_id)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                         decoder_attention_mask=decoder_attention_mask, head_mask=head_mask,
+                         decoder_head_mask=decoder_head_mask, cross_attn_head_mask=cross_attn_head_mask,
+                         encoder_outputs=encoder_outputs, past_key_values=past_key_values,
+                         inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds, use_cache=uc,
+                         output_attentions=oa, output_hidden_states=oh, training=training)
+        logits = self.lm_logits(out.last_hidden_state)                               # (B, T, V)
+        loss = None if labels is None else lm_loss(logits, labels)
+        return self._result(O.Seq2SeqLMOutput(loss=loss, logits=logits, **_seq2seq_fields(out)), rd)
+
+
+class BartClassificationHead(keras.layers.Layer):
+    def __init__(self, config: BartConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = config.d_model
+        self.dense = _dense(config.d_model, config, "dense")
+        self.dropout = keras.layers.Dropout(config.classifier_dropout or 0.0)
+        self.out_proj = _dense(config.num_labels, config, "out_proj")
+
+    def _named_children(self):
+        return [("dense", self.dense), ("out_proj", self.out_proj)]
+
+    def build(self, input_shape=None):
+        self.dense.build((None, self.dim))
+        self.out_proj.build((None, self.dim))
+        self.built = True
+
+    def call(self, hidden, training=False):  # (B, D) -> (B, num_labels)
+        hidden = tf.math.tanh(self.dense(self.dropout(hidden, training=training)))
+        return self.out_proj(self.dropout(hidden, training=training))
+
+
+class BartForSequenceClassification(BartPreTrainedModel):
+    head = "sequence_classification"
+    output_names_for_predict = ("logits",)
+
+    def __init__(self, config: BartConfig, **kwargs):
+        super().__init__(config, **kwargs)
+        self.model = BartMainLayer(config, name="model")
+        self.classification_head = BartClassificationHead(config, name="classification_head")
+        self._finish_init()
+
+    def _named_children(self):
+        return [("model", self.model), ("classification_head", self.classification_head)]
+
+    def call(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+             head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
+             past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, labels=None, use_cache=None,
+             output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
+        if isinstance(input_ids, dict):
+            return self.call(**input_ids, training=training)
+        oa, oh, uc, rd = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
+        if labels is not None:
+            uc = False
+        if input_ids is None and inputs_embeds is not None:
+            raise NotImplementedError(f"Passing input embeddings is currently not supported for "
+                                      f"{type(self).__name__}")
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                         decoder_attention_mask=decoder_attention_mask, head_mask=head_mask,
+                         decoder_head_mask=decoder_head_mask, cross_attn_head_mask=cross_attn_head_mask,
+                         encoder_outputs=encoder_outputs, past_key_values=past_key_values,
+                         inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds, use_cache=uc,
+                         output_attentions=oa, output_hidden_states=oh, training=training)
+        hidden = out.last_hidden_state                                               # (B, T, D)
+        eos = tf.cast(input_ids, tf.int32) == self.config.eos_token_id               # (B, T)
+        if tf.executing_eagerly():
+            counts = np.asarray(tf.reduce_sum(tf.cast(eos, tf.int32), axis=1))
+            if len(np.unique(counts)) > 1 or counts.min() == 0:
+                raise ValueError("All examples must have the same number of <eos> tokens.")
+        t = tf.shape(eos)[1]
+        last_eos = t - 1 - tf.argmax(tf.reverse(tf.cast(eos, tf.int32), [1]), axis=1, output_type=tf.int32)
+        sentence = tf.gather(hidden, last_eos, batch_dims=1)                         # (B, D)
+        logits = tf.cast(self.classification_head(sentence, training=training), tf.float32)  # (B, num_labels)
+        loss = None if labels is None else self._classification_loss(logits, labels)
+        return self._result(O.Seq2SeqSequenceClassifierOutput(loss=loss, logits=logits, **_seq2seq_fields(out)), rd)
+
+    def _classification_loss(self, logits, labels):
+        n = self.config.num_labels
+        if self.config.problem_type is None:
+            integer = labels.dtype.is_integer if hasattr(labels, "dtype") else np.asarray(labels).dtype.kind in "iu"
+            self.config.problem_type = ("regression" if n == 1 else
+                                        "single_label_classification" if integer else "multi_label_classification")
+        if self.config.problem_type == "regression":
+            labels = tf.cast(labels, tf.float32)
+            if n == 1:
+                return tf.reduce_mean(tf.square(tf.squeeze(logits) - tf.squeeze(labels)))
+            return tf.reduce_mean(tf.square(logits - labels))
+        if self.config.problem_type == "single_label_classification":
+            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.reshape(tf.cast(labels, tf.int32), [-1]), logits=tf.reshape(logits, [-1, n])))
+        return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(labels, tf.float32),
+                                                                      logits=logits))
+
+
+class BartForQuestionAnswering(BartPreTrainedModel):
+    head = "question_answering"
+    output_names_for_predict = ("start_logits", "end_logits")
+
+    def __init__(self, config: BartConfig, **kwargs):
+        super().__init__(config, **kwargs)
+        self.model = BartMainLayer(config, name="model")
+        self.qa_outputs = _dense(2, config, "qa_outputs")
+        self._finish_init()
+
+    def _named_children(self):
+        return [("model", self.model), ("qa_outputs", self.qa_outputs)]
+
+    def _finish_init(self):
+        self.qa_outputs.build((None, self.config.d_model))
+        super()._finish_init()
+
+    def call(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+             head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
+             start_positions=None, end_positions=None, inputs_embeds=None, decoder_inputs_embeds=None,
+             use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+             past_key_values=None, training=False):
+        if isinstance(input_ids, dict):
+            return self.call(**input_ids, training=training)
+        oa, oh, uc, rd = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
+        if start_positions is not None and end_positions is not None:
+            uc = False
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                         decoder_attention_mask=decoder_attention_mask, head_mask=head_mask,
+                         decoder_head_mask=decoder_head_mask, cross_attn_head_mask=cross_attn_head_mask,
+                         encoder_outputs=encoder_outputs, past_key_values=past_key_values,
+                         inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds, use_cache=uc,
+                         output_attentions=oa, output_hidden_states=oh, training=training)
+        logits = tf.cast(self.qa_outputs(out.last_hidden_state), tf.float32)         # (B, T, 2)
+        start_logits, end_logits = logits[..., 0], logits[..., 1]                    # (B, T) each
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored = tf.shape(start_logits)[1]
+
+            def span_loss(scores, positions):  # positions outside [0, T) are clamped to T and ignored
+                positions = tf.clip_by_value(tf.reshape(tf.cast(positions, tf.int32), [-1]), 0, ignored)
+                keep = positions != ignored
+                nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(keep, positions, 0),
+                                                                     logits=scores)  # (B,)
+                keep = tf.cast(keep, nll.dtype)
+                return tf.reduce_sum(nll * keep) / tf.reduce_sum(keep)
+
+            loss = (span_loss(start_logits, start_positions) + span_loss(end_logits, end_positions)) / 2
+        return self._result(O.Seq2SeqQuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits, **_seq2seq_fields(out)), rd)
+
+
+class BartForCausalLM(BartPreTrainedModel):
+    head = "causal_lm"
+    output_names_for_predict = ("logits",)
+
+    def __init__(self, config: BartConfig, **kwargs):
+        config = config.copy(is_decoder=True, is_encoder_decoder=False)
+        super().__init__(config, **kwargs)
+        self.model = BartDecoderWrapper(config, name="model")
+        self.lm_head = None if config.tie_word_embeddings else BartScaledWordEmbedding(
+            config.copy(scale_embedding=False), name="lm_head")
+        self._finish_init()
+
+    def _named_children(self):
+        return [("model", self.model)] + ([("lm_head", self.lm_head)] if self.lm_head is not None else [])
+
+    def call(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+             head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
+             use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
+        if isinstance(input_ids, dict):
+            return self.call(**input_ids, training=training)
+        oa, oh, uc, rd = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
+        dec = self.model.decoder(input_ids=input_ids, attention_mask=attention_mask,
+                                 encoder_hidden_states=encoder_hidden_states,
+                                 encoder_attention_mask=encoder_attention_mask, head_mask=head_mask,
+                                 cross_attn_head_mask=cross_attn_head_mask, past_key_values=past_key_values,
+                                 inputs_embeds=inputs_embeds, use_cache=uc, output_attentions=oa,
+                                 output_hidden_states=oh, training=training)
+        head = self.model.decoder.embed_tokens if self.lm_head is None else self.lm_head
+        logits = tf.cast(head.attend(dec.last_hidden_state), tf.float32)             # (B, T, V)
+        loss = None if labels is None else lm_loss(logits, labels)                    # no shift, as the reference
+        return self._result(O.CausalLMOutputWithCrossAttentions(
+            loss=loss, logits=logits, past_key_values=dec.past_key_values, hidden_states=dec.hidden_states,
+            attentions=dec.attentions, cross_attentions=dec.cross_attentions), rd)
+
+
+MODEL_CLASSES = {c.head: c for c in (BartModel, BartForConditionalGeneration, BartForSequenceClassification,
+                                     BartForQuestionAnswering, BartForCausalLM)}

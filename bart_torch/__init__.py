@@ -1,0 +1,14 @@
+"""PyTorch backend of bart3: the five BART classes, decoding and checkpoint IO."""
+
+from bart_torch.generation import generate
+from bart_torch.modeling import (
+    BartForCausalLM,
+    BartForConditionalGeneration,
+    BartForQuestionAnswering,
+    BartForSequenceClassification,
+    BartModel,
+    KVCache,
+)
+
+__all__ = ["BartModel", "BartForConditionalGeneration", "BartForSequenceClassification", "BartForQuestionAnswering",
+           "BartForCausalLM", "KVCache", "generate"]

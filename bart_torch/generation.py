@@ -1,0 +1,379 @@
+"""Decoding, separated from the network.
+
+The search loops (``greedy_search`` for arg-max and sampling, ``beam_search``) see the model only through a step
+function ``step(tokens, cache) -> (logits, cache)``: ``tokens`` is ``(N, t)`` (the whole sequence when there is no
+cache, else the last token), ``logits`` ``(N, V)`` float32 for the last position. Beam search also gets
+``reorder(cache, rows) -> cache``. Options are ``bart_core.generation.GenerationConfig``; its docstring fixes the
+length conventions and the processor order (repetition penalty, no-repeat n-gram, min length, forced BOS, forced
+EOS; then temperature, top-k, top-p when sampling).
+
+Beam search follows the reference (transformers 4.57.6) rules, so results are token-identical:
+
+* each step ranks the ``2 * num_beams`` best continuations of all beams by summed log-probability;
+* a continuation that ends in EOS, or reaches ``max_length``, is a finished hypothesis only if it is among the
+  first ``num_beams`` of those candidates; its score is ``sum_logprobs / generated_len ** length_penalty`` where
+  ``generated_len`` counts the tokens after the start token, EOS included; the best ``num_beams`` finished
+  hypotheses are kept;
+* the ``num_beams`` best unfinished candidates continue;
+* a batch item is done when its best running beam cannot beat its worst kept hypothesis (with
+  ``early_stopping=False`` the running score is normalised by the current length; with ``"never"`` and a
+  positive length penalty by ``max_length``), or, with ``early_stopping=True``, as soon as it has ``num_beams``
+  hypotheses; every hypothesis is scored with the length at which it finished;
+* outputs are padded with ``pad_token_id`` to the longest returned hypothesis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from bart_core.generation import GenerationConfig
+from bart_core.outputs import BaseModelOutput, GenerateOutput
+
+NEG_INF = float("-inf")
+BEAM_PENALTY = -1.0e9  # score given to slots that must not be chosen (as the reference)
+
+StepFn = Callable[[torch.Tensor, object], tuple]
+
+
+# ============================================================================ logit processors
+
+
+class LogitsProcessor:
+    """``(sequences (N, L), scores (N, V)) -> scores (N, V)``; ``L`` counts the decoder start token."""
+
+    def __call__(self, seqs: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class RepetitionPenalty(LogitsProcessor):
+    def __init__(self, penalty: float):
+        self.penalty = penalty
+
+    def __call__(self, seqs, scores):
+        picked = scores.gather(1, seqs)  # (N, L)
+        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return scores.scatter(1, seqs, picked)
+
+
+class NoRepeatNGram(LogitsProcessor):
+    """Ban any token that would repeat an n-gram already in the sequence (start token included)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, seqs, scores):
+        n, length = self.n, seqs.shape[1]
+        if length + 1 < n or length < n:
+            return scores
+        grams = seqs.unfold(1, n, 1)  # (N, L - n + 1, n)
+        prefix = seqs[:, length - n + 1:]  # (N, n - 1): the last n - 1 tokens
+        hit = (grams[:, :, :n - 1] == prefix[:, None, :]).all(-1)  # (N, L - n + 1)
+        if not bool(hit.any()):
+            return scores
+        vocab = scores.shape[-1]
+        banned = torch.zeros((scores.shape[0], vocab + 1), dtype=torch.bool, device=scores.device)
+        banned.scatter_(1, torch.where(hit, grams[:, :, -1], vocab), True)  # misses land in the spare column
+        return scores.masked_fill(banned[:, :vocab], NEG_INF)
+
+
+class MinLength(LogitsProcessor):
+    def __init__(self, min_length: int, eos_token_id: int):
+        self.min_length, self.eos = min_length, eos_token_id
+
+    def __call__(self, seqs, scores):
+        if seqs.shape[1] < self.min_length:
+            scores = scores.clone()
+            scores[:, self.eos] = NEG_INF
+        return scores
+
+
+class ForcedToken(LogitsProcessor):
+    """Force ``token`` when the sequence has length ``at`` (forced BOS: 1; forced EOS: max_length - 1)."""
+
+    def __init__(self, token: int, at: int):
+        self.token, self.at = token, at
+
+    def __call__(self, seqs, scores):
+        if seqs.shape[1] == self.at:
+            scores = torch.full_like(scores, NEG_INF)
+            scores[:, self.token] = 0.0
+        return scores
+
+
+class Temperature(LogitsProcessor):
+    def __init__(self, t: float):
+        self.t = t
+
+    def __call__(self, seqs, scores):
+        return scores / self.t
+
+
+class TopK(LogitsProcessor):
+    def __init__(self, k: int):
+        self.k = k
+
+    def __call__(self, seqs, scores):
+        k = min(self.k, scores.shape[-1])
+        kth = torch.topk(scores, k)[0][..., -1:]  # (N, 1)
+        return scores.masked_fill(scores < kth, NEG_INF)
+
+
+class TopP(LogitsProcessor):
+    def __init__(self, p: float, keep: int = 1):
+        self.p, self.keep = p, keep
+
+    def __call__(self, seqs, scores):
+        sorted_scores, order = torch.sort(scores, descending=False)
+        cum = sorted_scores.softmax(-1).cumsum(-1)  # (N, V) ascending
+        drop = cum <= (1 - self.p)
+        drop[..., -self.keep:] = False
+        return scores.masked_fill(drop.scatter(1, order, drop), NEG_INF)
+
+
+def build_processors(gen: GenerationConfig, max_length: int, min_length: int) -> list[LogitsProcessor]:
+    procs: list[LogitsProcessor] = []
+    if gen.repetition_penalty != 1.0:
+        procs.append(RepetitionPenalty(gen.repetition_penalty))
+    if gen.no_repeat_ngram_size > 0:
+        procs.append(NoRepeatNGram(gen.no_repeat_ngram_size))
+    if min_length > 0 and gen.eos_token_id is not None:
+        procs.append(MinLength(min_length, gen.eos_token_id))
+    if gen.forced_bos_token_id is not None:
+        procs.append(ForcedToken(gen.forced_bos_token_id, 1))
+    if gen.forced_eos_token_id is not None:
+        procs.append(ForcedToken(gen.forced_eos_token_id, max_length - 1))
+    if gen.do_sample:
+        if gen.temperature != 1.0:
+            procs.append(Temperature(gen.temperature))
+        if gen.top_k:
+            procs.append(TopK(gen.top_k))
+        if gen.top_p < 1.0:
+            procs.append(TopP(gen.top_p))
+    return procs
+
+
+def _apply(procs, seqs, scores):
+    for p in procs:
+        scores = p(seqs, scores)
+    return scores
+
+
+# ============================================================================ search loops
+
+
+def greedy_search(step: StepFn, start: torch.Tensor, cache, gen: GenerationConfig, max_length: int,
+                  procs: list, generator: Optional[torch.Generator] = None, output_scores: bool = False):
+    """Arg-max (or sampling when ``gen.do_sample``). start: (N, L0). Returns (sequences (N, L), scores)."""
+    n, cur = start.shape
+    seqs = start.new_full((n, max_length), gen.pad_token_id)  # (N, max_length), written in place
+    seqs[:, :cur] = start
+    unfinished = torch.ones(n, dtype=torch.bool, device=start.device)
+    eos, pad = gen.eos_token_id, gen.pad_token_id
+    scores_out = []
+    tokens = start
+    while True:
+        logits, cache = step(tokens, cache)  # (N, V)
+        scores = _apply(procs, seqs[:, :cur], logits.float())
+        if output_scores:
+            scores_out.append(scores)
+        if gen.do_sample:
+            nxt = torch.multinomial(F.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
+        else:
+            nxt = scores.argmax(-1)  # (N,)
+        if eos is not None:
+            nxt = torch.where(unfinished, nxt, pad)
+        seqs[:, cur] = nxt
+        cur += 1
+        if eos is not None:
+            unfinished &= nxt != eos
+        if cur >= max_length or not bool(unfinished.any()):
+            break
+        tokens = seqs[:, cur - 1:cur] if cache is not None else seqs[:, :cur]
+    return seqs[:, :cur], tuple(scores_out) if output_scores else None
+
+
+def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Gather along dim 1: t (B, K, ...), idx (B, J) -> (B, J, ...)."""
+    while idx.dim() < t.dim():
+        idx = idx.unsqueeze(-1)
+    return torch.take_along_dim(t, idx, dim=1)
+
+
+def beam_search(step: StepFn, reorder: Callable, start: torch.Tensor, cache, gen: GenerationConfig,
+                max_length: int, procs: list, output_scores: bool = False):
+    """start: (B * num_beams, L0), beams of one input adjacent. Returns (sequences, scores, sequence scores)."""
+    beams, lp, early = gen.num_beams, gen.length_penalty, gen.early_stopping
+    n, prompt = start.shape
+    b = n // beams
+    eos = gen.eos_token_id
+    device = start.device
+    k = 2 * beams  # candidates kept per step: enough for num_beams unfinished ones even if num_beams end in EOS
+    fill = (gen.pad_token_id or eos) if eos is not None else -1
+    alive = start.new_full((b, beams, max_length), fill)  # (B, beams, max_length) running hypotheses
+    alive[:, :, :prompt] = start.view(b, beams, prompt)
+    alive_scores = torch.zeros((b, beams), dtype=torch.float32, device=device)
+    alive_scores[:, 1:] = BEAM_PENALTY  # all beams start identical: only the first may expand
+    done = alive.clone()  # (B, beams, max_length) finished hypotheses, best first
+    done_scores = torch.full((b, beams), BEAM_PENALTY, dtype=torch.float32, device=device)
+    done_set = torch.zeros((b, beams), dtype=torch.bool, device=device)
+    done_len = torch.zeros((b, beams), dtype=torch.long, device=device)  # generated tokens per hypothesis
+    improvable = torch.ones((b, 1), dtype=torch.bool, device=device)
+    first_beams = torch.arange(k, device=device) < beams  # (K,)
+    batch_base = (torch.arange(b, device=device) * beams)[:, None]  # (B, 1)
+    scores_out = []
+    cur = prompt
+    while True:
+        flat = alive[:, :, :cur].reshape(n, cur)
+        logits, cache = step(flat[:, -1:] if cache is not None and cur > prompt else flat, cache)  # (N, V)
+        vocab = logits.shape[-1]
+        logp = _apply(procs, flat, F.log_softmax(logits.float(), dim=-1))  # (N, V)
+        if output_scores:
+            scores_out.append(logp)
+        total = (logp.view(b, beams, vocab) + alive_scores[:, :, None]).view(b, beams * vocab)
+        cand_scores, cand_idx = torch.topk(total, k)  # (B, K)
+        cand_beam, cand_tok = cand_idx // vocab, cand_idx % vocab
+        cand = _take(alive, cand_beam)  # (B, K, max_length)
+        cand[:, :, cur] = cand_tok
+        ends = cand_tok == eos if eos is not None else torch.zeros_like(cand_tok, dtype=torch.bool)
+        if cur + 1 >= max_length:
+            ends = torch.ones_like(ends)
+        # the num_beams best candidates that did not end continue
+        cont_scores = cand_scores + ends.to(torch.float32) * BEAM_PENALTY
+        keep = torch.topk(cont_scores, beams)[1]  # (B, beams)
+        alive, alive_scores = _take(cand, keep), _take(cont_scores, keep)
+        rows = _take(cand_beam + batch_base, keep).view(-1)  # (N,) source row of each continuing beam
+        # candidates among the first num_beams that ended become hypotheses, scored with their length
+        newly = ends & first_beams[None, :]
+        normed = cand_scores / ((cur + 1 - prompt) ** lp)
+        normed += (done_set.all(-1, keepdim=True) & (early is True)).to(torch.float32) * BEAM_PENALTY
+        normed += (~improvable).to(torch.float32) * BEAM_PENALTY
+        normed += (~newly) * BEAM_PENALTY
+        pool_scores = torch.cat((done_scores, normed), dim=1)  # (B, beams + K)
+        best = torch.topk(pool_scores, beams)[1]
+        done = _take(torch.cat((done, cand), dim=1), best)
+        done_scores = _take(pool_scores, best)
+        done_set = _take(torch.cat((done_set, newly), dim=1), best)
+        done_len = _take(torch.cat((done_len, torch.full_like(cand_tok, cur + 1 - prompt)), dim=1), best)
+        if cache is not None:
+            cache = reorder(cache, rows)
+        cur += 1
+        # can a running beam still beat the worst kept hypothesis?
+        horizon = (max_length if early == "never" and lp > 0.0 else cur) - prompt
+        best_running = alive_scores[:, :1] / (horizon ** lp)
+        worst_done = torch.where(done_set, done_scores.min(dim=1, keepdim=True)[0], BEAM_PENALTY)
+        improvable = improvable & (best_running > worst_done).any(-1, keepdim=True)
+        if not bool(improvable.any()) or (early is True and bool(done_set.all())) or bool(ends.all()):
+            break
+    ret = gen.num_return_sequences
+    length = prompt + int(done_len[:, :ret].max())
+    sequences = done[:, :ret, :length].reshape(b * ret, length)
+    return sequences, tuple(scores_out) if output_scores else None, done_scores[:, :ret].reshape(-1)
+
+
+# ============================================================================ model glue
+
+
+def _to_tensor(x, device, dtype=torch.long):
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    return torch.as_tensor(x, dtype=dtype, device=device)
+
+
+def generate(model, input_ids=None, attention_mask=None, generator: Optional[torch.Generator] = None,
+             inference_mode: bool = True, encoder_outputs=None, **options):
+    """Generate with ``model`` (``BartForConditionalGeneration`` or ``BartForCausalLM``).
+
+    ``options`` are ``GenerationConfig`` fields (defaults from the model config). ``generator`` (or ``seed``)
+    drives sampling. ``inference_mode`` runs under ``torch.inference_mode()`` (no autograd bookkeeping).
+    Returns ids ``(B * num_return_sequences, L)``, or ``GenerateOutput`` with ``return_dict_in_generate=True``.
+    """
+    gen = GenerationConfig.from_model_config(model.config, **options)
+    ctx = torch.inference_mode() if inference_mode else torch.no_grad()
+    with ctx:
+        return _generate(model, input_ids, attention_mask, gen, generator, encoder_outputs)
+
+
+def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator, encoder_outputs):
+    from bart_torch.modeling import BartForCausalLM, KVCache, _check_ids
+
+    config = model.config
+    device = model.get_input_embeddings().weight.device
+    input_ids = _to_tensor(input_ids, device)
+    attention_mask = _to_tensor(attention_mask, device)
+    if input_ids is None and encoder_outputs is None:
+        raise ValueError("generate() needs input_ids (or encoder_outputs)")
+    if input_ids is not None:
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        _check_ids(input_ids, config, "input_ids")
+    if attention_mask is None and input_ids is not None:
+        pad = gen.pad_token_id
+        if pad is not None and pad != gen.eos_token_id and bool((input_ids == pad).any()):
+            attention_mask = (input_ids != pad).long()
+    if gen.seed is not None and generator is None and gen.do_sample:
+        generator = torch.Generator(device=device).manual_seed(gen.seed)
+    expand = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences
+    causal = isinstance(model, BartForCausalLM)
+    dtype = model.get_input_embeddings().weight.dtype
+
+    if causal:
+        if attention_mask is not None and not bool(attention_mask.bool().all()):
+            raise ValueError("BartForCausalLM.generate does not support padded prompts; pass prompts of equal "
+                             "length without padding")
+        start = input_ids.repeat_interleave(expand, dim=0)  # (N, L0)
+        decoder = model.model.decoder
+        enc_hidden = enc_mask = None
+    else:
+        if encoder_outputs is None:
+            encoder_outputs = model.model.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0] if isinstance(
+                encoder_outputs, (tuple, list)) else encoder_outputs)
+        enc_hidden = encoder_outputs.last_hidden_state.repeat_interleave(expand, dim=0)  # (N, S, D)
+        enc_mask = None if attention_mask is None else attention_mask.repeat_interleave(expand, dim=0)
+        if enc_mask is not None and bool(enc_mask.bool().all()):
+            enc_mask = None  # nothing padded: decided once here rather than at every step
+        start = torch.full((enc_hidden.shape[0], 1), gen.decoder_start_token_id, dtype=torch.long, device=device)
+        decoder = model.model.decoder
+
+    prompt = start.shape[1]
+    max_length = gen.max_length if gen.max_new_tokens is None else prompt + gen.max_new_tokens
+    min_length = gen.min_length if gen.min_new_tokens is None else prompt + gen.min_new_tokens
+    if max_length <= prompt:
+        raise ValueError(f"max_length={max_length} leaves no room after the {prompt} prompt tokens")
+    if max_length - 1 > config.max_position_embeddings:  # the last token is never fed back
+        raise ValueError(f"max_length={max_length} needs {max_length - 1} decoder positions, more than "
+                         f"max_position_embeddings={config.max_position_embeddings}")
+    procs = build_processors(gen, max_length, min_length)
+
+    def step(tokens: torch.Tensor, cache):
+        """tokens: (N, t) -> logits (N, V) of the last position, cache."""
+        out = decoder(input_ids=tokens, encoder_hidden_states=enc_hidden if cache is None or
+                      cache.cross_k[0] is None else None, encoder_attention_mask=enc_mask, past_key_values=cache,
+                      use_cache=cache is not None, check_inputs=False)
+        return model.logits(out.last_hidden_state[:, -1, :]), out.past_key_values
+
+    cache = KVCache.allocate(config, start.shape[0], max_length - 1, device, dtype) if gen.use_cache else None
+    if gen.num_beams > 1:
+        cross_fixed: list = []  # decided after the first step, when the cross keys/values exist
+
+        def reorder(c: KVCache, rows: torch.Tensor) -> KVCache:
+            if not cross_fixed:
+                cross_fixed.append(c.cross_rows_repeat(gen.num_beams))
+            return c.reorder(rows, cross=not cross_fixed[0])
+
+        seqs, scores, seq_scores = beam_search(step, reorder, start, cache, gen, max_length, procs,
+                                               output_scores=gen.output_scores)
+    else:
+        seqs, scores = greedy_search(step, start, cache, gen, max_length, procs, generator,
+                                     output_scores=gen.output_scores)
+        seq_scores = None
+    if gen.return_dict_in_generate:
+        return GenerateOutput(sequences=seqs, scores=scores, sequences_scores=seq_scores)
+    return seqs

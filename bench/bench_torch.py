@@ -1,0 +1,174 @@
+"""Side-by-side speed of bart_torch and transformers 4.57.6 ``BartForConditionalGeneration`` on the same random
+weights (bart-base geometry), float32 on CPU, plus the opt-in int8 / bfloat16 paths.
+
+    python bench/bench_torch.py            # bart-base geometry, 2 threads (minutes)
+    python bench/bench_torch.py --quick    # tiny geometry smoke run (seconds)
+
+Prints a markdown table: ours, reference, ratio = reference / ours (> 1: we are faster) and the target ratio.
+Generation lengths are forced (``min_new_tokens == max_new_tokens``) so both sides decode the same number of steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("USE_TF", "0")
+os.environ.setdefault("USE_FLAX", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import bart_torch  # noqa: E402
+from bart_core.config import BartConfig  # noqa: E402
+
+BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
+            decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1024)
+QUICK = dict(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+             decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=256)
+TARGETS = {"forward": 1.2, "greedy_b1": 1.1, "beam4": 1.5, "greedy_b16": 2.0, "train_step": 1.2}
+
+
+def timed(fn, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def batch(config: dict, b: int, src: int, tgt: int, seed: int = 0):
+    """Random ids ending in eos, rows padded to different lengths (exercises the masks)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, config["vocab_size"], (b, src), generator=g)
+    mask = torch.ones_like(ids)
+    for i in range(b):
+        n = src - (i % 4) * (src // 8)
+        ids[i, n - 1] = 2
+        ids[i, n:] = 1
+        mask[i, n:] = 0
+    labels = torch.randint(3, config["vocab_size"], (b, tgt), generator=g)
+    return ids, mask, labels
+
+
+def build(geometry: dict):
+    import transformers
+    cfg = dict(geometry, dropout=0.1)
+    torch.manual_seed(0)
+    ref = transformers.BartForConditionalGeneration(transformers.BartConfig(**cfg)).eval()
+    ours = bart_torch.BartForConditionalGeneration(BartConfig(**cfg)).eval()
+    ours.load_numpy_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    return ours, ref
+
+
+def run(args) -> list[tuple]:
+    torch.set_num_threads(args.threads)
+    geo = QUICK if args.quick else BASE
+    q = args.quick
+    reps = 2 if q else args.repeats
+    src, tgt, new_b1, new_b16, b_fwd, b_big = (32, 16, 8, 6, 4, 4) if q else (128, 64, 64, 32, 8, 16)
+    ours, ref = build(geo)
+    rows = []
+
+    # ---- encoder-decoder forward (teacher forced)
+    ids, mask, labels = batch(geo, b_fwd, src, tgt)
+    dec = bart_torch.modeling.shift_tokens_right(labels, 1, 2)
+    with torch.no_grad():
+        diff = (ours(ids, mask, dec).logits - ref(ids, attention_mask=mask, decoder_input_ids=dec).logits).abs().max()
+    print(f"max |logit difference| ours vs reference: {float(diff):.2e}")
+
+    def fwd(m):
+        with torch.no_grad():
+            m(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False)
+
+    rows.append(("forward", f"encoder-decoder forward, batch {b_fwd}, {src} src / {tgt} tgt (ms)",
+                 timed(lambda: fwd(ours), reps) * 1e3, timed(lambda: fwd(ref), reps) * 1e3))
+
+    # ---- greedy, batch 1, forced length
+    ids1, mask1, _ = batch(geo, 1, src, tgt, seed=1)
+    g1 = dict(max_new_tokens=new_b1, min_new_tokens=new_b1)
+    same = ours.generate(ids1, mask1, **g1).tolist() == ref.generate(ids1, attention_mask=mask1, **g1).tolist()
+    print(f"greedy batch 1 token-identical to reference: {same}")
+    rows.append(("greedy_b1", f"greedy batch 1, {new_b1} new tokens (ms/token)",
+                 timed(lambda: ours.generate(ids1, mask1, **g1), reps) * 1e3 / new_b1,
+                 timed(lambda: ref.generate(ids1, attention_mask=mask1, **g1), reps) * 1e3 / new_b1))
+
+    # ---- beam 4, batch 1
+    gb = dict(num_beams=4, max_new_tokens=new_b1, min_new_tokens=new_b1)
+    same = ours.generate(ids1, mask1, **gb).tolist() == ref.generate(ids1, attention_mask=mask1, **gb).tolist()
+    print(f"beam 4 token-identical to reference: {same}")
+    rows.append(("beam4", f"beam 4, batch 1, {new_b1} new tokens (ms/step)",
+                 timed(lambda: ours.generate(ids1, mask1, **gb), reps) * 1e3 / new_b1,
+                 timed(lambda: ref.generate(ids1, attention_mask=mask1, **gb), reps) * 1e3 / new_b1))
+
+    # ---- greedy, batch 16
+    ids16, mask16, _ = batch(geo, b_big, src, tgt, seed=2)
+    g16 = dict(max_new_tokens=new_b16, min_new_tokens=new_b16)
+    rows.append(("greedy_b16", f"greedy batch {b_big}, {src} src, {new_b16} new tokens (ms/step)",
+                 timed(lambda: ours.generate(ids16, mask16, **g16), reps) * 1e3 / new_b16,
+                 timed(lambda: ref.generate(ids16, attention_mask=mask16, **g16), reps) * 1e3 / new_b16))
+
+    # ---- one AdamW training step
+    def train_step(m, opt):
+        m.train()
+        loss = m(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        m.eval()
+
+    opt_o = torch.optim.AdamW(ours.parameters(), lr=1e-5)
+    opt_r = torch.optim.AdamW(ref.parameters(), lr=1e-5)
+    rows.append(("train_step", f"AdamW step, batch {b_fwd}, {src} src / {tgt} tgt (ms)",
+                 timed(lambda: train_step(ours, opt_o), reps) * 1e3,
+                 timed(lambda: train_step(ref, opt_r), reps) * 1e3))
+
+    # ---- opt-in int8 / bfloat16 (ours only; agreement is teacher-forced top-1 against our float32)
+    with torch.no_grad():
+        top1 = ours(ids, mask, dec).logits.argmax(-1)
+    for name, model in (("int8", ours.quantize_dynamic_int8()), ("bf16", _bf16_copy(ours))):
+        with torch.no_grad():
+            agree = float((model(ids, mask, dec).logits.argmax(-1) == top1).float().mean())
+        t1 = timed(lambda: model.generate(ids1, mask1, **g1), reps) / new_b1
+        t16 = timed(lambda: model.generate(ids16, mask16, **g16), reps) / new_b16
+        rows.append((name, f"{name} greedy batch 1 (ms/token); batch {b_big}: {b_big / t16:.0f} tokens/s; "
+                           f"top-1 agreement with float32 {agree:.1%}", t1 * 1e3, None))
+    return rows
+
+
+def _bf16_copy(model):
+    import copy
+    return copy.deepcopy(model).to(torch.bfloat16)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny geometry smoke run")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    rows = run(args)
+    import transformers
+    print(f"\ntorch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, "
+          f"{'tiny (--quick)' if args.quick else 'bart-base'} geometry, float32 unless noted\n")
+    print("| case | ours | reference | speedup (ref/ours) | target |")
+    print("|---|---:|---:|---:|---:|")
+    for key, label, ours, ref in rows:
+        if ref is None:
+            print(f"| {label} | {ours:.2f} | - | - | - |")
+        else:
+            print(f"| {label} | {ours:.2f} | {ref:.2f} | {ref / ours:.2f}x | {TARGETS[key]:.1f}x |")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()

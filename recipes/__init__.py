@@ -1,0 +1,26 @@
+"""Training recipes for the three backends: denoising pre-training on a text corpus and summarisation-style
+fine-tuning (source/target JSON lines, ROUGE evaluation), single process or data parallel.
+
+``train(run)`` runs a ``RunConfig`` on its backend; ``python -m recipes pretrain|finetune --backend
+torch|tf|flax ...`` is the command line. Backend modules (``torch_train``, ``tf_train``, ``flax_train``) are
+imported on use, so one framework is enough to run its recipe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from recipes.common import MODEL_PRESETS, RunConfig, initial_state, learning_rates, read_metrics
+
+__all__ = ["MODEL_PRESETS", "RunConfig", "initial_state", "learning_rates", "read_metrics", "train"]
+
+
+def train(run: RunConfig) -> dict[str, Any]:
+    """Run ``run`` on ``run.backend``; returns ``{"losses": [...], "eval": {...}, "out": ...}``."""
+    if run.backend == "torch":
+        from recipes.torch_train import train as backend_train
+    elif run.backend == "tf":
+        from recipes.tf_train import train as backend_train
+    else:
+        from recipes.flax_train import train as backend_train
+    return backend_train(run)

@@ -1,0 +1,63 @@
+"""Command line: ``python -m recipes pretrain|finetune --backend torch|tf|flax [options]`` and
+``python -m recipes make-summaries`` (rebuilds the bundled fine-tuning data from the corpus).
+
+Examples::
+
+    python -m recipes pretrain --backend torch --steps 300 --out runs/torch
+    python -m recipes pretrain --backend torch --devices 2 --save-every 50 --out runs/ddp
+    python -m recipes pretrain --backend torch --out runs/ddp --resume latest
+    python -m recipes finetune --backend flax --init-from runs/flax/final --train data.jsonl --eval dev.jsonl
+
+Every option is a ``RunConfig`` field (``--batch-size``, ``--grad-accum``, ``--seq-len``, ``--save-every``,
+``--bf16``, ``--gradient-checkpointing``, ...); ``--help`` lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from recipes.common import TASKS, add_arguments, from_args, write_summary_dataset, SUMMARIES_DIR
+
+
+def _prepare_environment(backend: str, devices: int) -> None:
+    """Settings that must be in place before the framework is imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if backend == "flax" and devices > 1:
+        flag = f"--xla_force_host_platform_device_count={devices}"
+        if "jax" in sys.modules:
+            raise RuntimeError("jax was imported before the host device count could be set")
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recipes", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for task in TASKS:
+        add_arguments(sub.add_parser(task, help=f"{task} a BART model"), task)
+    data = sub.add_parser("make-summaries", help="rebuild the bundled summarisation JSON lines from the corpus")
+    data.add_argument("--out", default=str(SUMMARIES_DIR))
+    data.add_argument("--corpus", default=None)
+    args = parser.parse_args(argv)
+    if args.command == "make-summaries":
+        n_train, n_eval = write_summary_dataset(args.out, args.corpus)
+        print(f"wrote {n_train} train and {n_eval} eval pairs to {args.out}")
+        return 0
+    run = from_args(args, args.command)
+    _prepare_environment(run.backend, run.devices)
+    from recipes import train
+    summary = train(run)
+    losses = summary["losses"]
+    if losses:
+        print(f"steps {len(losses)}: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    if summary.get("eval"):
+        print("eval: " + json.dumps({k: v for k, v in summary["eval"].items() if k != "example"}))
+    print(f"metrics: {os.path.join(run.out, 'metrics.jsonl')}; model: {os.path.join(run.out, 'final')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

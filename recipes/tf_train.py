@@ -1,0 +1,300 @@
+"""TensorFlow / Keras 3 recipe: ``model.fit`` on a ``tf.data`` pipeline fed by the collator, AdamW with the
+shared learning-rate table, global-norm clipping, Keras gradient accumulation, and ``tf.distribute``:
+``MirroredStrategy`` over ``run.devices`` logical CPU devices (or any devices the caller's strategy holds).
+
+The pipeline yields ``(inputs, labels, weight)`` per micro-batch; ``weight`` (one value per row) is
+``grad_accum / global_tokens`` of the optimizer step. ``TokenWeightedBart`` turns the model's mean loss into
+``mean * label_tokens * weight``: summed over replicas (Keras all-reduces gradients by sum) and averaged over
+accumulated micro-batches (Keras divides by ``gradient_accumulation_steps``), the gradient is that of the mean
+token loss of the whole step, whatever the number of replicas.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+from typing import Any, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from bart_core.checkpoint import load_state_dict  # noqa: E402
+from bart_tf import BartForConditionalGeneration  # noqa: E402
+from recipes.common import (  # noqa: E402
+    METRICS_FILE,
+    BatchStream,
+    CheckpointManager,
+    MetricsLogger,
+    RunConfig,
+    StepBatches,
+    Throughput,
+    Trainer,
+    check_resume,
+    decays,
+    evaluate,
+    finetuning_data,
+    learning_rates,
+    load_tokenizer,
+    log_record,
+    make_eval_data,
+    model_config,
+    pretraining_data,
+    progress,
+    read_state,
+    resolve_resume,
+    starting_state,
+)
+
+_INPUTS = ("input_ids", "attention_mask", "decoder_input_ids", "labels")
+
+
+# === Devices and strategy ===
+
+def configure_cpu_devices(n: int) -> None:
+    """Split the CPU into ``n`` logical devices. Must run before TensorFlow initialises its runtime."""
+    if n <= 1:
+        return
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError as e:
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have < n:
+            raise RuntimeError(f"TensorFlow is already initialised with {have} logical CPU device(s); "
+                               f"{n} are needed: run the tf recipe in a fresh process") from e
+
+
+def make_strategy(devices: int) -> tf.distribute.Strategy:
+    if devices <= 1:
+        return tf.distribute.get_strategy()
+    configure_cpu_devices(devices)
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(devices)])
+
+
+# === Model, loss, optimizer ===
+
+class TokenWeightedBart(BartForConditionalGeneration):
+    """``BartForConditionalGeneration`` whose training loss is ``loss * label_tokens * weight`` (see the module
+    docstring); ``weight`` comes as Keras' ``sample_weight``."""
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if sample_weight is None:
+            return super().compute_loss(x, y, y_pred, sample_weight, training)
+        tokens = tf.reduce_sum(tf.cast(tf.not_equal(x["labels"], -100), tf.float32))
+        return tf.cast(y_pred.loss, tf.float32) * tokens * tf.reduce_mean(tf.cast(sample_weight, tf.float32))
+
+
+class TableSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """The recipe's learning-rate table (``learning_rates``) indexed by the optimizer step."""
+
+    def __init__(self, table: Sequence[float]):
+        self.table = [float(v) for v in table]
+
+    def __call__(self, step):
+        table = tf.constant(self.table, tf.float32)
+        index = tf.minimum(tf.cast(step, tf.int32), len(self.table) - 1)
+        return tf.gather(table, index)
+
+    def get_config(self):
+        return {"table": self.table}
+
+
+def build_model(run: RunConfig) -> TokenWeightedBart:
+    config = model_config(run)
+    keras.utils.set_random_seed(run.seed)  # dropout seed generators
+    model = TokenWeightedBart(config)
+    model.load_numpy_state_dict(starting_state(run, config))
+    return model
+
+
+def build_optimizer(run: RunConfig, model: TokenWeightedBart) -> keras.optimizers.AdamW:
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=TableSchedule(learning_rates(run)), weight_decay=run.weight_decay, beta_1=run.adam_beta1,
+        beta_2=run.adam_beta2, epsilon=run.adam_epsilon,
+        global_clipnorm=run.max_grad_norm if run.max_grad_norm > 0 else None,
+        gradient_accumulation_steps=run.grad_accum if run.grad_accum > 1 else None)
+    optimizer.exclude_from_weight_decay(
+        var_list=[var for name, (var, _) in model.canonical_variables().items() if not decays(name)])
+    return optimizer
+
+
+# === Data ===
+
+def step_dataset(stream: BatchStream, steps: int, grad_accum: int, counts: dict[int, tuple[int, int]] | None = None,
+                 first_step: int = 0) -> tf.data.Dataset:
+    """``steps`` optimizer steps of ``(inputs, labels, weight)`` micro-batches from ``stream``. ``counts``
+    receives ``step index -> (label tokens, throughput tokens)`` as the pipeline produces each step."""
+    def micro_batches():
+        for i in range(steps):
+            step = StepBatches.take(stream, grad_accum)
+            if counts is not None:
+                counts[first_step + i] = (step.global_tokens, step.throughput_tokens)
+            for batch in step.batches:
+                rows = batch["labels"].shape[0]
+                weight = np.full((rows,), grad_accum / step.global_tokens, np.float32)
+                yield {k: batch[k] for k in _INPUTS}, batch["labels"], weight
+
+    ids = tf.TensorSpec((None, None), tf.int64)
+    spec = ({k: ids for k in _INPUTS}, ids, tf.TensorSpec((None,), tf.float32))
+    return tf.data.Dataset.from_generator(micro_batches, output_signature=spec).prefetch(2)
+
+
+# === Trainer pieces used by evaluation and checkpoints ===
+
+class TFTrainer(Trainer):
+    def __init__(self, run: RunConfig, model: TokenWeightedBart, optimizer, tokenizer: Any = None):
+        self.run, self.model, self.optimizer, self.tokenizer = run, model, optimizer, tokenizer
+
+    def loss_sum(self, batches: Sequence[dict[str, Any]]) -> tuple[float, int]:
+        total, count = 0.0, 0
+        for batch in batches:
+            n = int((np.asarray(batch["labels"]) != -100).sum())
+            out = self.model({k: tf.constant(batch[k]) for k in _INPUTS}, training=False)
+            total += float(out.loss) * n
+            count += n
+        return total, count
+
+    def generate(self, input_ids, attention_mask, max_length: int, num_beams: int) -> list[list[int]]:
+        ids = self.model.generate(tf.constant(input_ids), attention_mask=tf.constant(attention_mask),
+                                  max_length=max_length, num_beams=num_beams)
+        return np.asarray(ids).tolist()
+
+    def save(self, folder: pathlib.Path) -> None:
+        """Weights (safetensors), every model variable by path (dropout seed states included) and the
+        optimizer's variables (step counter, moments, accumulators)."""
+        self.model.save_pretrained(folder)
+        np.savez(folder / "keras_model_variables.npz", **{v.path: np.asarray(v) for v in self.model.variables})
+        np.savez(folder / "keras_optimizer_variables.npz",
+                 **{f"{i:05d}:{v.path}": np.asarray(v) for i, v in enumerate(self.optimizer.variables)})
+
+    def load(self, folder: pathlib.Path) -> None:
+        self.model.load_numpy_state_dict(load_state_dict(folder))
+        saved = np.load(folder / "keras_model_variables.npz")
+        for v in self.model.variables:
+            if v.path in saved:
+                v.assign(saved[v.path])
+        if not self.optimizer.built:
+            self.optimizer.build(self.model.trainable_variables)
+        opt = np.load(folder / "keras_optimizer_variables.npz")
+        values = [opt[k] for k in sorted(opt.files)]
+        if len(values) != len(self.optimizer.variables):
+            raise ValueError(f"checkpoint has {len(values)} optimizer variables, the optimizer "
+                             f"{len(self.optimizer.variables)}")
+        for v, value in zip(self.optimizer.variables, values):
+            v.assign(value)
+
+    def save_model(self, folder: pathlib.Path) -> None:
+        self.model.save_pretrained(folder)
+
+
+class RecipeCallback(keras.callbacks.Callback):
+    """Per optimizer step: the step's loss from the micro-batch losses, JSON-lines metrics, tqdm, checkpoints
+    and evaluation. The loss tracker is reset before every micro-batch so ``logs["loss"]`` is that batch's."""
+
+    def __init__(self, run: RunConfig, trainer: TFTrainer, step: int, logger: MetricsLogger,
+                 token_counts: dict[int, tuple[int, int]], eval_data=None):
+        super().__init__()
+        self.run, self.trainer, self.step, self.logger = run, trainer, step, logger
+        self.token_counts = token_counts  # (label tokens, throughput tokens) per step, filled by the pipeline
+        self.eval_data = eval_data
+        self.lrs = learning_rates(run)
+        self.checkpoints = CheckpointManager(run.out, run.save_every, run.steps, run.keep_checkpoints)
+        self.bar = progress(run, step)
+        self.losses: list[float] = []
+        self.parts: list[float] = []
+        self.meter, self.start = Throughput(), time.perf_counter()
+        self.last_eval: dict[str, Any] = {}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        for metric in self.model.metrics:
+            metric.reset_state()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.parts.append(float(logs["loss"]))
+        if len(self.parts) < self.run.grad_accum:
+            return
+        loss = sum(self.parts) / self.run.grad_accum
+        self.parts = []
+        self.step += 1
+        self.losses.append(loss)
+        label_tokens, tokens = self.token_counts[self.step - 1]
+        self.meter.add(tokens)
+        lr = self.lrs[self.step - 1]
+        if self.step % self.run.log_every == 0 or self.step == self.run.steps:
+            rate = self.meter.rate()
+            self.logger.log(**log_record(self.step, loss, lr, label_tokens, rate, time.perf_counter() - self.start))
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
+        self.bar.update(1)
+        if self.eval_data is not None and self.run.eval_every and self.step % self.run.eval_every == 0 \
+                and self.step < self.run.steps:
+            self._evaluate()
+        if self.checkpoints.due(self.step):
+            folder = self.checkpoints.folder(self.step)
+            folder.mkdir(parents=True, exist_ok=True)
+            self.trainer.save(folder)
+            self.checkpoints.finish(folder, {"step": self.step, "data_position": self.step * self.run.grad_accum,
+                                             "run": self.run.to_dict()})
+
+    def _evaluate(self):
+        self.last_eval = evaluate(self.run, self.trainer, self.eval_data)
+        self.logger.log(step=self.step, event="eval", **self.last_eval)
+
+    def on_train_end(self, logs=None):
+        self.bar.close()
+
+
+def train(run: RunConfig, strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
+    """Run the recipe with ``model.fit``. ``strategy``: default ``MirroredStrategy`` over ``run.devices``
+    logical CPUs when ``run.devices > 1``, else the default strategy."""
+    if run.backend != "tf":
+        raise ValueError(f"tf recipe got backend {run.backend!r}")
+    strategy = strategy if strategy is not None else make_strategy(run.devices)
+    if run.global_batch % strategy.num_replicas_in_sync:
+        raise ValueError(f"batch size {run.global_batch} is not divisible by {strategy.num_replicas_in_sync} "
+                         "replicas")
+    out = pathlib.Path(run.out)
+    tokenizer = load_tokenizer()
+    if run.task == "pretrain":
+        items, heldout, collator = pretraining_data(run, tokenizer)
+    else:
+        items, heldout, collator = finetuning_data(run, tokenizer)
+    with strategy.scope():
+        model = build_model(run)
+        optimizer = build_optimizer(run, model)
+        model.compile(optimizer=optimizer, jit_compile=False)
+    trainer = TFTrainer(run, model, optimizer, tokenizer)
+
+    step = 0
+    resume_from = resolve_resume(run)
+    if resume_from is not None:
+        state = read_state(resume_from)
+        check_resume(run, state)
+        with strategy.scope():
+            trainer.load(resume_from)
+        step = int(state["step"])
+    stream = BatchStream(items, collator, run.global_batch)
+    stream.seek(step * run.grad_accum)
+    logger = MetricsLogger(out / METRICS_FILE, resume_step=step if resume_from else None)
+    eval_data = make_eval_data(run, heldout, collator)
+
+    steps_left = run.steps - step
+    if step == 0:  # eval-mode loss of the first step's batches, before any update
+        peek = BatchStream(items, collator, run.global_batch)
+        total, count = trainer.loss_sum(peek.take(run.grad_accum))
+        logger.log(step=0, event="initial", loss=total / count)
+
+    token_counts: dict[int, tuple[int, int]] = {}
+    callback = RecipeCallback(run, trainer, step, logger, token_counts, eval_data)
+    if steps_left > 0:
+        model.fit(step_dataset(stream, steps_left, run.grad_accum, token_counts, step), epochs=1,
+                  steps_per_epoch=steps_left * run.grad_accum, callbacks=[callback], verbose=0,
+                  shuffle=False)
+    callback._evaluate()
+    final = out / "final"
+    trainer.save_model(final)
+    tokenizer.save_pretrained(final)
+    return {"losses": callback.losses, "eval": callback.last_eval, "out": str(out)}
