@@ -35,6 +35,7 @@ from bart_core.outputs import BaseModelOutput, GenerateOutput
 
 NEG_INF = float("-inf")
 BEAM_PENALTY = -1.0e9  # score given to slots that must not be chosen (as the reference)
+REFERENCE_DEFAULT_MAX_LENGTH = 20
 
 StepFn = Callable[[torch.Tensor, object], tuple]
 
@@ -289,17 +290,23 @@ def generate(model, input_ids=None, attention_mask=None, generator: Optional[tor
              inference_mode: bool = True, encoder_outputs=None, **options):
     """Generate with ``model`` (``BartForConditionalGeneration`` or ``BartForCausalLM``).
 
-    ``options`` are ``GenerationConfig`` fields (defaults from the model config). ``generator`` (or ``seed``)
+    ``options`` are ``GenerationConfig`` fields (defaults from the model config). As the reference, a
+    ``max_length`` left at 20 (neither ``max_length`` nor ``max_new_tokens`` given) means 20 tokens after the
+    prompt (start token), capped at ``max_position_embeddings``. ``generator`` (or ``seed``)
     drives sampling. ``inference_mode`` runs under ``torch.inference_mode()`` (no autograd bookkeeping).
     Returns ids ``(B * num_return_sequences, L)``, or ``GenerateOutput`` with ``return_dict_in_generate=True``.
     """
     gen = GenerationConfig.from_model_config(model.config, **options)
+    # the reference reads an untouched max_length of 20 (its global default) as "20 new tokens"
+    default_length = options.get("max_length") is None and options.get("max_new_tokens") is None \
+        and gen.max_length == REFERENCE_DEFAULT_MAX_LENGTH
     ctx = torch.inference_mode() if inference_mode else torch.no_grad()
     with ctx:
-        return _generate(model, input_ids, attention_mask, gen, generator, encoder_outputs)
+        return _generate(model, input_ids, attention_mask, gen, generator, encoder_outputs, default_length)
 
 
-def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator, encoder_outputs):
+def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator, encoder_outputs,
+              default_length: bool = False):
     from bart_torch.modeling import BartForCausalLM, KVCache, _check_ids
 
     config = model.config
@@ -344,6 +351,8 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
 
     prompt = start.shape[1]
     max_length = gen.max_length if gen.max_new_tokens is None else prompt + gen.max_new_tokens
+    if default_length:
+        max_length = min(gen.max_length + prompt, config.max_position_embeddings)
     min_length = gen.min_length if gen.min_new_tokens is None else prompt + gen.min_new_tokens
     if max_length <= prompt:
         raise ValueError(f"max_length={max_length} leaves no room after the {prompt} prompt tokens")

@@ -21,7 +21,16 @@ the ``max_position_embeddings + 2`` rows (offset 2) of the canonical table, row 
 The config comes from the checkpoint's ``args`` (an ``argparse.Namespace``, the only non-tensor type the
 restricted unpickler is allowed to build) or ``cfg["model"]`` when it is a plain dict, and from tensor shapes
 for everything shapes determine. ``dict.txt`` (one ``symbol count`` per line, after fairseq's four specials
-``<s> <pad> </s> <unk>`` at ids 0-3, and BART's ``<mask>``) is checked against the embedding rows.
+``<s> <pad> </s> <unk>`` at ids 0-3, and BART's ``<mask>``) is checked against the embedding rows; it is not
+turned into a tokenizer (that needs GPT-2's encoder.json): copy the tokenizer files into DST yourself.
+
+What is verified (tests/test_conversion.py; fairseq itself is not installed): a fairseq-layout checkpoint is
+built from a transformers reference checkpoint by the inverse of this table (``{encoder,decoder}.version``
+buffers, separate encoder / decoder / output-projection copies of the embedding, ``classification_heads.mnli``,
+an ``args`` Namespace, a ``dict.txt``) and saved with ``torch.save``; the import gives back every tensor
+bit-exact and logits within 1e-5 of the reference with its ``final_logits_bias`` zeroed. Not verified against a
+released fairseq file: newer ones pickle an omegaconf ``cfg`` that ``torch.load(weights_only=True)`` refuses
+(the error says how to re-save the state dict).
 """
 
 from __future__ import annotations
@@ -70,8 +79,12 @@ def _load(path: str) -> dict:
             ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # torch raises many kinds for a bad zip or a refused pickle global
         msg = str(e).splitlines()[0] if str(e) else ""
-        raise ConversionError(f"{path}: cannot read as a fairseq checkpoint ({type(e).__name__}: {msg[:160]})") \
-            from None
+        hint = ""
+        if "weights_only" in str(e) or "global" in str(e).lower():
+            hint = ("; it pickles objects beyond tensors and argparse.Namespace (e.g. an omegaconf cfg): re-save "
+                    "it as torch.save({'model': ckpt['model']}, path) and pass --config")
+        raise ConversionError(f"{path}: cannot read as a fairseq checkpoint ({type(e).__name__}: {msg[:160]})"
+                              f"{hint}") from None
     if not isinstance(ckpt, dict):
         raise ConversionError(f"{path}: expected a dict, got {type(ckpt).__name__}")
     return ckpt

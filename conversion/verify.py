@@ -54,7 +54,7 @@ HEAD_OUTPUTS = {
     "causal_lm": ("logits",),
 }
 # Extra tolerance, relative to the largest reference value, when weights were rounded to a smaller dtype.
-REDUCED_RTOL = {"float16": 2e-2, "bfloat16": 1e-1}
+REDUCED_RTOL = {"float16": 5e-3, "bfloat16": 4e-2}  # ~8x the error seen on tiny and random models
 DEFAULT_ATOL = 1e-5
 MAX_NEW_TOKENS = 8
 

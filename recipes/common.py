@@ -651,8 +651,9 @@ class Trainer:
         """Eval-mode (no dropout) sum of token losses and label-token count over ``batches``, this process."""
         raise NotImplementedError
 
-    def train_step(self, step: StepBatches, lr: float) -> tuple[float, float]:
-        """One optimizer step -> (mean token loss over all replicas, gradient global norm before clipping)."""
+    def train_step(self, step: StepBatches, lr: float) -> tuple[float, float | None]:
+        """One optimizer step -> (mean token loss over all replicas, gradient global norm before clipping, or
+        None where the backend's step does not report it)."""
         raise NotImplementedError
 
     def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, max_length: int,
@@ -739,8 +740,9 @@ def train_loop(run: RunConfig, trainer: Trainer, stream: BatchStream, eval_data:
         meter.add(int(trainer.all_reduce_sum(batches.throughput_tokens)))
         if step % run.log_every == 0 or step == run.steps:
             rate = meter.rate()
+            extra = {} if grad_norm is None else {"grad_norm": float(grad_norm)}
             logger.log(**log_record(step, loss, lrs[step - 1], batches.global_tokens, rate,
-                                    time.perf_counter() - start, grad_norm=float(grad_norm)))
+                                    time.perf_counter() - start, **extra))
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs[step - 1]:.2e}", tok_s=f"{rate:,.0f}")
         bar.update(1)
         if eval_data is not None and ((run.eval_every and step % run.eval_every == 0) or step == run.steps):

@@ -107,12 +107,12 @@ class FlaxTrainer(Trainer):
             count += n
         return total, count
 
-    def train_step(self, step: StepBatches, lr: float) -> tuple[float, float]:
+    def train_step(self, step: StepBatches, lr: float) -> tuple[float, None]:
         total = 0.0
         for batch, n in zip(step.batches, step.tokens):
             self.state, loss = self._step(self.state, self._batch(batch))
             total += float(loss) * n
-        return total / step.global_tokens, float("nan")
+        return total / step.global_tokens, None  # lr: the optimizer reads the same table by its own count
 
     def generate(self, input_ids, attention_mask, max_length: int, num_beams: int) -> list[list[int]]:
         ids = self.model.generate(jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),

@@ -81,6 +81,7 @@ def test_losses_match_reference(reference_checkpoint, head):
         labels = inputs["input_ids"].copy()
         labels[inputs["attention_mask"] == 0] = -100
         inputs["labels"] = labels
+        inputs.pop("decoder_input_ids", None)  # shifted from the labels
     elif head == "sequence_classification":
         inputs["labels"] = np.array([0, 2, 1])
     else:

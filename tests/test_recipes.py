@@ -1,0 +1,256 @@
+"""Training recipes: the shared pieces (schedule, data stream, metrics, checkpoints, ROUGE, the bundled
+summaries), and per backend the acceptance checks on a tiny model: the denoising loss falls, a resume from a
+checkpoint repeats the loss curve, the first-batch loss is the same in all three backends (one seed, one
+corpus), and fine-tuning reports ROUGE. Data parallelism is in test_distributed.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+from recipes.common import (
+    METRICS_FILE,
+    SUMMARIES_DIR,
+    BatchStream,
+    MetricsLogger,
+    RunConfig,
+    add_arguments,
+    check_resume,
+    from_args,
+    initial_state,
+    learning_rates,
+    model_config,
+    read_metrics,
+    rouge_scores,
+    summary_pairs,
+)
+
+BACKENDS = ("torch", "tf", "flax")
+TINY = dict(model="tiny", batch_size=2, seq_len=32, progress=False, eval_batches=1, lr=3e-2, warmup_steps=2)
+
+
+def tiny_run(backend: str, out, **overrides) -> RunConfig:
+    return RunConfig(backend=backend, out=str(out), **dict(TINY, **overrides))
+
+
+def step_losses(out) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(pathlib.Path(out) / METRICS_FILE) if "event" not in r}
+
+
+def initial_loss(out) -> float:
+    return next(r["loss"] for r in read_metrics(pathlib.Path(out) / METRICS_FILE) if r.get("event") == "initial")
+
+
+def need(backend: str) -> None:
+    pytest.importorskip({"torch": "torch", "tf": "tensorflow", "flax": "flax"}[backend])
+    if backend == "flax":
+        pytest.importorskip("optax")
+
+
+@pytest.fixture(scope="module")
+def jax_compile_cache(tmp_path_factory):
+    """Runs of one shape compile once: later runs (resume, evaluation) read XLA's persistent cache."""
+    import jax
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax-cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(scope="module")
+def pretrain_runs(tmp_path_factory, request):
+    """``pretrain_runs(backend)`` -> (full run folder, resumed run folder), cached per backend. The full run
+    takes 8 steps with dropout and a checkpoint every 4; the resumed one restarts from step 4."""
+    cache: dict[str, tuple[pathlib.Path, pathlib.Path]] = {}
+
+    def get(backend: str):
+        if backend not in cache:
+            need(backend)
+            if backend == "flax":
+                request.getfixturevalue("jax_compile_cache")
+            from recipes import train
+            root = tmp_path_factory.mktemp(f"pretrain-{backend}")
+            full = tiny_run(backend, root / "full", steps=8, save_every=4, keep_checkpoints=0)
+            train(full)
+            resumed = full.replace(out=str(root / "resumed"), resume=str(root / "full" / "checkpoint-0000004"))
+            train(resumed)
+            cache[backend] = (root / "full", root / "resumed")
+        return cache[backend]
+
+    return get
+
+
+# === shared pieces ===
+
+def test_learning_rates_warm_up_then_decay_linearly():
+    lrs = learning_rates(RunConfig(steps=10, warmup_steps=4, lr=1e-3))
+    np.testing.assert_allclose(lrs[:4], [2.5e-4, 5e-4, 7.5e-4, 1e-3], rtol=1e-6)
+    np.testing.assert_allclose(lrs[4:], 1e-3 * np.array([6, 5, 4, 3, 2, 1]) / 6, rtol=1e-6)
+    assert lrs.dtype == np.float32 and (lrs > 0).all()
+    np.testing.assert_allclose(learning_rates(RunConfig(steps=3, warmup_steps=0, lr=1.0)), [1, 2 / 3, 1 / 3])
+
+
+def test_initial_state_is_seeded_and_follows_the_reference_init():
+    config = model_config(RunConfig(model="tiny"))
+    a, b, c = initial_state(config, 0), initial_state(config, 0), initial_state(config, 1)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["model.shared.weight"], c["model.shared.weight"])
+    assert "lm_head.weight" not in a  # tied
+    assert (a["model.shared.weight"][config.pad_token_id] == 0).all()
+    assert (a["model.encoder.layernorm_embedding.weight"] == 1).all()
+    assert (a["model.encoder.layers.0.fc1.bias"] == 0).all()
+    assert abs(a["model.encoder.layers.0.fc1.weight"].std() - config.init_std) < 0.01
+
+
+def _docs(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [np.concatenate([[0], rng.integers(5, 50000, int(rng.integers(5, 20))), [2]]) for _ in range(n)]
+
+
+def test_batch_stream_seeks_and_its_rank_slices_make_the_global_batch():
+    from bart_core.denoising import DenoisingCollator
+    docs = _docs(23)
+    collator = DenoisingCollator(seed=3)
+    full = BatchStream(docs, collator, 4)
+    batches = full.take(12)                      # 5 batches per epoch: crosses two epoch boundaries
+    assert full.position == 12 and all(b["labels"].shape[0] == 4 for b in batches)
+    again = BatchStream(docs, collator, 4)
+    again.seek(7)
+    for x, y in zip(again.take(5), batches[7:]):
+        assert all(np.array_equal(x[k], y[k]) for k in x)
+    ranks = [BatchStream(docs, collator, 2, rank=r, world_size=2) for r in range(2)]
+    for step in range(6):
+        parts = [s.take(1)[0] for s in ranks]
+        whole = batches[step]
+        for k in ("input_ids", "labels"):
+            rows = [row[row != (1 if k == "input_ids" else -100)].tolist() for p in parts for row in p[k]]
+            assert rows == [row[row != (1 if k == "input_ids" else -100)].tolist() for row in whole[k]]
+
+
+def test_bundled_summaries_are_rebuilt_identically_from_the_corpus():
+    pairs = summary_pairs()
+    train = [json.loads(x) for x in (SUMMARIES_DIR / "train.jsonl").read_text().splitlines()]
+    evals = [json.loads(x) for x in (SUMMARIES_DIR / "eval.jsonl").read_text().splitlines()]
+    assert len(train) + len(evals) == len(pairs) and len(evals) >= 20
+    assert evals == [p for i, p in enumerate(pairs) if i % 10 == 9][:40]
+    for row in train + evals:
+        assert row["source"].startswith(row["target"]) and len(row["target"]) < len(row["source"])
+
+
+def test_metrics_logger_keeps_one_line_per_step_across_a_resume(tmp_path):
+    path = tmp_path / "m.jsonl"
+    log = MetricsLogger(path)
+    for step in range(1, 6):
+        log.log(step=step, loss=np.float32(1.0 / step), tokens=np.int64(3))
+    MetricsLogger(path, resume_step=3).log(step=4, loss=0.5)
+    records = read_metrics(path)
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and records[-1]["loss"] == 0.5
+    assert isinstance(records[0]["tokens"], int)
+
+
+def test_rouge_comes_from_rouge_score():
+    scores = rouge_scores(["the cat sat on the mat", "nothing alike"], ["the cat sat on the mat", "a dog ran"])
+    assert set(scores) == {"rouge1", "rouge2", "rougeL"}
+    assert math.isclose(scores["rouge1"], 50.0) and math.isclose(scores["rougeL"], 50.0)
+
+
+def test_command_line_builds_the_run_config():
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, "finetune")
+    run = from_args(parser.parse_args(["--backend", "tf", "--steps", "7", "--train", "a.jsonl", "--eval", "b.jsonl",
+                                       "--bf16", "--dropout", "0", "--no-progress", "--lr", "1e-4"]), "finetune")
+    assert (run.task, run.backend, run.steps, run.train_file, run.eval_file) == ("finetune", "tf", 7, "a.jsonl",
+                                                                                 "b.jsonl")
+    assert run.bf16 and not run.progress and run.dropout == 0.0 and run.lr == 1e-4
+    with pytest.raises(ValueError, match="backend"):
+        RunConfig(backend="mxnet")
+
+
+def test_resume_refuses_options_that_change_the_curve():
+    run = RunConfig(steps=10)
+    check_resume(run.replace(save_every=3, out="elsewhere"), {"run": run.to_dict()})
+    with pytest.raises(ValueError, match="batch_size"):
+        check_resume(run.replace(batch_size=3), {"run": run.to_dict()})
+
+
+# === per backend: acceptance ===
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pretraining_loss_falls(backend, pretrain_runs):
+    full, _ = pretrain_runs(backend)
+    losses = step_losses(full)
+    assert sorted(losses) == list(range(1, 9))
+    first, last = np.mean([losses[s] for s in (1, 2, 3)]), np.mean([losses[s] for s in (6, 7, 8)])
+    assert last < first - 0.3, (backend, losses)
+    records = read_metrics(full / METRICS_FILE)
+    assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in records if "event" not in r)
+    assert any(r.get("event") == "eval" and math.isfinite(r["eval_loss"]) for r in records)
+    assert (full / "final" / "model.safetensors").is_file() and (full / "final" / "vocab.json").is_file()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_repeats_the_loss_curve(backend, pretrain_runs):
+    full, resumed = pretrain_runs(backend)
+    a, b = step_losses(full), step_losses(resumed)
+    assert sorted(b) == [5, 6, 7, 8]
+    np.testing.assert_allclose([b[s] for s in b], [a[s] for s in b], rtol=0, atol=1e-6)
+    from bart_core.checkpoint import load_state_dict
+    wa, wb = load_state_dict(full / "final"), load_state_dict(resumed / "final")
+    assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) < 1e-6
+
+
+def test_first_batch_loss_is_the_same_in_every_backend(pretrain_runs):
+    losses = {}
+    for backend in BACKENDS:
+        try:
+            losses[backend] = initial_loss(pretrain_runs(backend)[0])
+        except pytest.skip.Exception:
+            pass
+    if len(losses) < 2:
+        pytest.skip("needs two backends")
+    ref = losses.get("torch", next(iter(losses.values())))
+    assert 10.0 < ref < 11.5  # about log(50265): a fresh model
+    for backend, value in losses.items():
+        assert abs(value - ref) < 1e-4, losses
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_finetuning_reports_rouge(backend, tmp_path, request):
+    need(backend)
+    if backend == "flax":
+        request.getfixturevalue("jax_compile_cache")
+    from recipes import train
+    run = tiny_run(backend, tmp_path, task="finetune", steps=2, seq_len=64, target_len=16, max_eval_examples=2)
+    result = train(run)
+    ev = result["eval"]
+    assert {"eval_loss", "rouge1", "rouge2", "rougeL"} <= set(ev)
+    assert math.isfinite(ev["eval_loss"]) and all(0.0 <= ev[k] <= 100.0 for k in ("rouge1", "rouge2", "rougeL"))
+    assert len(result["losses"]) == 2
+
+
+# === torch specifics ===
+
+def test_torch_gradient_accumulation_equals_the_large_batch(tmp_path):
+    need("torch")
+    from recipes import train
+    from bart_core.checkpoint import load_state_dict
+    big = tiny_run("torch", tmp_path / "big", steps=3, batch_size=4, dropout=0.0)
+    small = tiny_run("torch", tmp_path / "small", steps=3, batch_size=2, grad_accum=2, dropout=0.0)
+    a, b = train(big)["losses"], train(small)["losses"]
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    wa, wb = load_state_dict(tmp_path / "big" / "final"), load_state_dict(tmp_path / "small" / "final")
+    assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) < 1e-5
+
+
+def test_torch_gradient_checkpointing_and_bf16_autocast(tmp_path):
+    need("torch")
+    from recipes import train
+    plain = train(tiny_run("torch", tmp_path / "plain", steps=2, dropout=0.0))["losses"]
+    checkpointed = train(tiny_run("torch", tmp_path / "gc", steps=2, dropout=0.0, gradient_checkpointing=True))
+    np.testing.assert_allclose(checkpointed["losses"], plain, rtol=0, atol=1e-6)
+    bf16 = train(tiny_run("torch", tmp_path / "bf16", steps=2, dropout=0.0, bf16=True))["losses"]
+    np.testing.assert_allclose(bf16, plain, rtol=0, atol=0.05)
