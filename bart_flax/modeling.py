@@ -588,6 +588,11 @@ def _as_encoder_output(encoder_outputs):
     return BaseModelOutput(last_hidden_state=encoder_outputs)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _normal_draw(rng, n: int):
+    return jax.random.normal(rng, (n,), jnp.float32)
+
+
 class BartPreTrainedModel:
     """Holds ``config``, the compute ``dtype``, the flax ``module`` and its ``params`` (float32 unless
     converted with ``to_bf16``). Every call takes ``params=`` so it can be jitted or differentiated."""
@@ -601,6 +606,7 @@ class BartPreTrainedModel:
         self.dtype = dtype
         self.module = self.module_class(config, dtype)
         self._generate_cache: dict = {}
+        self._apply_cache: dict = {}
         self.params = params if params is not None else self.init_weights(jax.random.PRNGKey(seed))
 
     # ------------------------------------------------------------------ weights
@@ -609,12 +615,24 @@ class BartPreTrainedModel:
         return (ids, jnp.ones_like(ids), ids), {}
 
     def init_weights(self, rng) -> dict:
+        """Dense kernels and embeddings ~ N(0, init_std), biases 0, layer-norm scales 1 (the reference's init).
+        The tree comes from ``jax.eval_shape`` (no compile); one normal draw fills every random leaf."""
         args, kw = self._init_args()
-
-        @jax.jit
-        def init(rng):
-            return self.module.init({"params": rng}, *args, **kw)["params"]
-        return init(rng)
+        shapes = jax.eval_shape(lambda r: self.module.init({"params": r}, *args, **kw)["params"], rng)
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+        names = [str(getattr(path[-1], "key", path[-1])) for path, _ in leaves]
+        random = [n in ("kernel", "embedding") for n in names]
+        total = sum(int(np.prod(x.shape)) for (_, x), r in zip(leaves, random) if r)
+        flat = np.asarray(_normal_draw(rng, total)) * np.float32(self.config.init_std)
+        out, pos = [], 0
+        for (_, x), name, r in zip(leaves, names, random):
+            n = int(np.prod(x.shape))
+            if r:
+                arr, pos = flat[pos:pos + n].reshape(x.shape), pos + n
+            else:
+                arr = np.full(x.shape, 1.0 if name == "scale" else 0.0, np.float32)
+            out.append(jnp.asarray(arr, jnp.float32))
+        return jax.tree_util.tree_unflatten(treedef, out)
 
     def to_bf16(self, params=None):
         """Return ``params`` (default ``self.params``) with floating leaves cast to bfloat16."""
@@ -649,11 +667,19 @@ class BartPreTrainedModel:
     def _apply(self, params, *args, method=None, train=False, dropout_rng=None, **kw):
         if train and dropout_rng is None:
             raise ValueError("train=True needs dropout_rng (a jax.random key) for dropout and layerdrop")
-        rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
         if method != "cross_kv":
             kw["deterministic"] = not train
-        return self.module.apply({"params": self.params if params is None else params}, *args, rngs=rngs,
-                                 method=method, **kw)
+        # one compiled program per method and static flags, so eager calls run at jitted speed
+        static = {k: v for k, v in kw.items() if v is None or isinstance(v, (bool, str))}
+        dynamic = {k: v for k, v in kw.items() if k not in static}
+        key = (method, tuple(sorted(static.items())), dropout_rng is not None)
+        fn = self._apply_cache.get(key)
+        if fn is None:
+            def run(params, args, dynamic, rngs):
+                return self.module.apply({"params": params}, *args, rngs=rngs, method=method, **static, **dynamic)
+            fn = self._apply_cache[key] = jax.jit(run)
+        rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+        return fn(self.params if params is None else params, args, dynamic, rngs)
 
     def _seq2seq_inputs(self, input_ids, attention_mask, decoder_input_ids, decoder_inputs_embeds, labels,
                         encoder_outputs=None):

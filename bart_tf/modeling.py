@@ -70,9 +70,24 @@ def _check_ids(ids, config: BartConfig, name: str, past_length=0) -> None:
         check_token_ids(np.asarray(ids), config, name, int(past_length))
 
 
+class BartLinear(keras.layers.Dense):
+    """Dense whose call is one batched matmul plus bias (Keras' Dense goes through tensordot: ~10 ops per call,
+    which dominates eager decoding)."""
+
+    def call(self, x):  # (..., in) -> (..., out)
+        y = tf.matmul(x, tf.cast(self.kernel, x.dtype))
+        return y + tf.cast(self.bias, x.dtype) if self.use_bias else y
+
+
 def _dense(units: int, config: BartConfig, name: str, use_bias: bool = True) -> keras.layers.Dense:
-    return keras.layers.Dense(units, use_bias=use_bias, name=name,
-                              kernel_initializer=keras.initializers.RandomNormal(stddev=config.init_std))
+    return BartLinear(units, use_bias=use_bias, name=name,
+                      kernel_initializer=keras.initializers.RandomNormal(stddev=config.init_std))
+
+
+def _dim(x, axis: int):
+    """Static size when known (always in eager mode: no shape ops), else the dynamic one."""
+    size = x.shape[axis]
+    return size if size is not None else tf.shape(x)[axis]
 
 
 def _layer_norm(name: str) -> keras.layers.LayerNormalization:
@@ -151,12 +166,12 @@ class BartAttention(keras.layers.Layer):
         self.built = True
 
     def _split_heads(self, x):  # (B, T, D) -> (B, H, T, hd)
-        b, t = tf.shape(x)[0], tf.shape(x)[1]
+        b, t = _dim(x, 0), _dim(x, 1)
         return tf.transpose(tf.reshape(x, [b, t, self.num_heads, self.head_dim]), [0, 2, 1, 3])
 
-    def call(self, hidden, mask=None, key_value_states=None, cache=None, cache_index=0, layer_head_mask=None,
+    def call(self, hidden, attn_mask=None, key_value_states=None, cache=None, cache_index=0, layer_head_mask=None,
              output_attentions=False, training=False):
-        """hidden (B, T, D); mask bool (B|1, 1, T, S) or None; key_value_states (B, S, D) for cross-attention.
+        """hidden (B, T, D); attn_mask bool (B|1, 1, T, S) or None; key_value_states (B, S, D) for cross-attention.
         cache: self-attention ``(k, v)`` buffers (B, H, capacity, hd) written at ``cache_index``, or
         cross-attention ``(k, v)`` (B, H, S, hd) reused as they are. Returns (out (B, T, D), weights, (k, v))."""
         q = self._split_heads(self.q_proj(hidden) * self.scaling)  # (B, H, T, hd)
@@ -174,15 +189,15 @@ class BartAttention(keras.layers.Layer):
                 k = keras.ops.slice_update(cache[0], start, tf.cast(k, cache[0].dtype))
                 v = keras.ops.slice_update(cache[1], start, tf.cast(v, cache[1].dtype))
         scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)  # (B, H, T, S)
-        if mask is not None:  # bool masks travel between layers (Keras would autocast a float bias)
-            scores += attention_bias(mask)
+        if attn_mask is not None:  # bool masks travel between layers (Keras would autocast a float bias)
+            scores += attention_bias(attn_mask)
         probs = tf.nn.softmax(scores, axis=-1)
         if layer_head_mask is not None:
             probs = probs * tf.reshape(tf.cast(layer_head_mask, probs.dtype), [1, -1, 1, 1])
         weights = probs if output_attentions else None
         probs = self.dropout(tf.cast(probs, v.dtype), training=training)
         out = tf.matmul(probs, v)                                  # (B, H, T, hd)
-        b, t = tf.shape(out)[0], tf.shape(out)[2]
+        b, t = _dim(out, 0), _dim(out, 2)
         out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, self.dim])  # (B, T, D)
         return self.out_proj(out), weights, (k, v)
 
@@ -214,10 +229,10 @@ class BartEncoderLayer(keras.layers.Layer):
         self.fc2.build((None, self.ffn))
         self.built = True
 
-    def call(self, hidden, mask, layer_head_mask=None, output_attentions=False, training=False):
-        """hidden (B, S, D), mask (B, 1, 1, S) -> (B, S, D), weights (B, H, S, S) or None."""
+    def call(self, hidden, attn_mask=None, layer_head_mask=None, output_attentions=False, training=False):
+        """hidden (B, S, D), attn_mask (B, 1, 1, S) -> (B, S, D), weights (B, H, S, S) or None."""
         residual = hidden
-        hidden, weights, _ = self.self_attn(hidden, mask, layer_head_mask=layer_head_mask,
+        hidden, weights, _ = self.self_attn(hidden, attn_mask=attn_mask, layer_head_mask=layer_head_mask,
                                             output_attentions=output_attentions, training=training)
         hidden = self.self_attn_layer_norm(residual + self.dropout(hidden, training=training))
         residual = hidden
@@ -263,7 +278,7 @@ class BartDecoderLayer(keras.layers.Layer):
         states or cached cross keys exist. Returns hidden, self weights, cross weights, new cache entry."""
         residual = hidden
         self_cache = None if cache is None else cache[:2]
-        hidden, self_w, (k, v) = self.self_attn(hidden, self_mask, cache=self_cache, cache_index=cache_index,
+        hidden, self_w, (k, v) = self.self_attn(hidden, attn_mask=self_mask, cache=self_cache, cache_index=cache_index,
                                                 layer_head_mask=layer_head_mask,
                                                 output_attentions=output_attentions, training=training)
         hidden = self.self_attn_layer_norm(residual + self.dropout(hidden, training=training))
@@ -271,7 +286,7 @@ class BartDecoderLayer(keras.layers.Layer):
         cross_cache = None if cache is None or cache[2] is None else cache[2:]
         if encoder_hidden is not None or cross_cache is not None:
             residual = hidden
-            hidden, cross_w, (ck, cv) = self.encoder_attn(hidden, cross_mask, key_value_states=encoder_hidden,
+            hidden, cross_w, (ck, cv) = self.encoder_attn(hidden, attn_mask=cross_mask, key_value_states=encoder_hidden,
                                                           cache=cross_cache, layer_head_mask=cross_head_mask,
                                                           output_attentions=output_attentions, training=training)
             hidden = self.encoder_attn_layer_norm(residual + self.dropout(hidden, training=training))
@@ -319,7 +334,7 @@ class BartEncoder(keras.layers.Layer):
         if inputs_embeds is None:
             _check_ids(input_ids, self.config, "input_ids")
             inputs_embeds = self.embed_tokens(tf.cast(input_ids, tf.int32))      # (B, S, D)
-        b, s = tf.shape(inputs_embeds)[0], tf.shape(inputs_embeds)[1]
+        s = _dim(inputs_embeds, 1)
         hidden = tf.cast(inputs_embeds, self.compute_dtype) + self.embed_positions.lookup(0, s)
         hidden = self.dropout(self.layernorm_embedding(hidden), training=training)
         mask = None if attention_mask is None else make_padding_mask(attention_mask)[:, None, None, :]  # (B,1,1,S)
@@ -327,7 +342,7 @@ class BartEncoder(keras.layers.Layer):
         for i, layer in enumerate(self.layers):
             if output_hidden_states:
                 states += (hidden,)
-            out = layer(hidden, mask, layer_head_mask=None if head_mask is None else head_mask[i],
+            out = layer(hidden, attn_mask=mask, layer_head_mask=None if head_mask is None else head_mask[i],
                         output_attentions=output_attentions, training=training)
             hidden, weights = _layerdrop(out, (hidden, out[1]), self.config.encoder_layerdrop, self.seed, training)
             if output_attentions:
@@ -404,10 +419,10 @@ class BartDecoder(keras.layers.Layer):
         if inputs_embeds is None:
             _check_ids(input_ids, self.config, "decoder_input_ids", static_index or 0)
             inputs_embeds = self.embed_tokens(tf.cast(input_ids, tf.int32))      # (B, T, D)
-        b, t = tf.shape(inputs_embeds)[0], tf.shape(inputs_embeds)[1]
+        t = _dim(inputs_embeds, 1)
         if past_key_values is not None and static_index is not None and inputs_embeds.shape[1] is not None:
             past_key_values = self._grow(past_key_values, int(static_index) + inputs_embeds.shape[1])
-        capacity = t if past_key_values is None else tf.shape(past_key_values.layers[0][0])[2]
+        capacity = t if past_key_values is None else _dim(past_key_values.layers[0][0], 2)
         hidden = tf.cast(inputs_embeds, self.compute_dtype) + self.embed_positions.lookup(index, t)
         hidden = self.dropout(self.layernorm_embedding(hidden), training=training)
 
@@ -415,7 +430,8 @@ class BartDecoder(keras.layers.Layer):
         mask = make_causal_mask(t, capacity, index)[None, None]
         if attention_mask is not None:
             pad = make_padding_mask(attention_mask)
-            pad = tf.pad(pad, [[0, 0], [0, capacity - tf.shape(pad)[1]]], constant_values=True)
+            if not isinstance(capacity, int) or pad.shape[1] != capacity:
+                pad = tf.pad(pad, [[0, 0], [0, capacity - _dim(pad, 1)]], constant_values=True)
             mask = mask & pad[:, None, None, :]
         cross_mask = None
         if encoder_attention_mask is not None:
@@ -425,7 +441,7 @@ class BartDecoder(keras.layers.Layer):
         for i, layer in enumerate(self.layers):
             if output_hidden_states:
                 states += (hidden,)
-            out = layer(hidden, mask, encoder_hidden=encoder_hidden_states, cross_mask=cross_mask,
+            out = layer(hidden, self_mask=mask, encoder_hidden=encoder_hidden_states, cross_mask=cross_mask,
                         cache=None if past_key_values is None else past_key_values.layers[i], cache_index=index,
                         layer_head_mask=None if head_mask is None else head_mask[i],
                         cross_head_mask=None if cross_attn_head_mask is None else cross_attn_head_mask[i],

@@ -24,7 +24,6 @@ Beam search follows the reference (transformers 4.57.6) rules, so results are to
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Optional
 
 import torch

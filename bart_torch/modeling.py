@@ -188,6 +188,8 @@ class KVCache:
 def _as_cache(past) -> Optional[KVCache]:
     if past is None or isinstance(past, KVCache):
         return past
+    if hasattr(past, "to_legacy_cache"):  # a reference cache object
+        past = past.to_legacy_cache()
     return KVCache.from_legacy(past)
 
 
