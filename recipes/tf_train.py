@@ -167,28 +167,32 @@ class TFTrainer(Trainer):
         """Weights (safetensors), every model variable by path (dropout seed states included) and the
         optimizer's variables (step counter, moments, accumulators)."""
         self.model.save_pretrained(folder)
-        np.savez(folder / "keras_model_variables.npz", **{v.path: np.asarray(v) for v in self.model.variables})
+        np.savez(folder / "keras_model_variables.npz",
+                 **{f"{i:05d}:{v.path}": np.asarray(v) for i, v in enumerate(self.model.variables)})
         np.savez(folder / "keras_optimizer_variables.npz",
                  **{f"{i:05d}:{v.path}": np.asarray(v) for i, v in enumerate(self.optimizer.variables)})
 
     def load(self, folder: pathlib.Path) -> None:
         self.model.load_numpy_state_dict(load_state_dict(folder))
-        saved = np.load(folder / "keras_model_variables.npz")
-        for v in self.model.variables:
-            if v.path in saved:
-                v.assign(saved[v.path])
+        # by position: paths carry per-process counters ("seed_generator_8"); the order is the architecture's
+        _assign_in_order(self.model.variables, folder / "keras_model_variables.npz", "model")
         if not self.optimizer.built:
             self.optimizer.build(self.model.trainable_variables)
-        opt = np.load(folder / "keras_optimizer_variables.npz")
-        values = [opt[k] for k in sorted(opt.files)]
-        if len(values) != len(self.optimizer.variables):
-            raise ValueError(f"checkpoint has {len(values)} optimizer variables, the optimizer "
-                             f"{len(self.optimizer.variables)}")
-        for v, value in zip(self.optimizer.variables, values):
-            v.assign(value)
+        _assign_in_order(self.optimizer.variables, folder / "keras_optimizer_variables.npz", "optimizer")
 
     def save_model(self, folder: pathlib.Path) -> None:
         self.model.save_pretrained(folder)
+
+
+def _assign_in_order(variables, path: pathlib.Path, what: str) -> None:
+    saved = np.load(path)
+    values = [saved[k] for k in sorted(saved.files)]
+    if len(values) != len(variables):
+        raise ValueError(f"{path} holds {len(values)} {what} variables, the {what} has {len(variables)}")
+    for v, value in zip(variables, values):
+        if tuple(v.shape) != value.shape:
+            raise ValueError(f"{what} variable {v.path}: shape {tuple(v.shape)}, checkpoint {value.shape}")
+        v.assign(value)
 
 
 class RecipeCallback(keras.callbacks.Callback):

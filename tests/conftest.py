@@ -78,6 +78,25 @@ def make_reference_checkpoint(directory, head: str = "conditional_generation", c
     return str(directory)
 
 
+def load_reference(head: str, path: str, eager: bool = True):
+    """The transformers 4.57.6 PyTorch model of ``head`` from ``path``, in eval mode (eager attention so
+    attention maps are returned)."""
+    import warnings
+
+    transformers = pytest.importorskip("transformers")
+    kw = {"attn_implementation": "eager"} if eager else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = getattr(transformers, HEADS[head]).from_pretrained(path, **kw).eval()
+    # transformers 4.57.6 does not re-tie the encoder/decoder embeddings of a tie_word_embeddings=False BART it
+    # loads (it initialises them freshly); the model it saved had them tied to `shared`, as the name table says.
+    base = getattr(model, "model", model)
+    if hasattr(base, "shared"):
+        base.encoder.embed_tokens.weight = base.shared.weight
+        base.decoder.embed_tokens.weight = base.shared.weight
+    return model
+
+
 @pytest.fixture(scope="session")
 def reference_checkpoint(tmp_path_factory):
     """``reference_checkpoint(head, config, seed, **overrides)`` -> directory written by transformers; cached."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.backends import BACKEND_NAMES, get_backend
-from tests.conftest import HEADS, seeded_inputs, tiny_config
+from tests.conftest import HEADS, load_reference, seeded_inputs, tiny_config
 
 os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("USE_FLAX", "0")
@@ -28,9 +28,7 @@ def backend(request):
     return b
 
 
-def _reference(head, path):
-    transformers = pytest.importorskip("transformers")
-    return getattr(transformers, HEADS[head]).from_pretrained(path).eval()
+_reference = load_reference
 
 
 def _task_inputs(head, config, seed=0):
@@ -45,7 +43,8 @@ def _task_inputs(head, config, seed=0):
         labels = rng.integers(3, config.vocab_size, size=x["decoder_input_ids"].shape)
         labels[:, -2:] = -100
         x["labels"] = labels
-    elif head == "sequence_classification":
+    elif head == "sequence_classification":  # pools decoder states at the eos of input_ids: same length
+        del x["decoder_input_ids"]
         x["labels"] = rng.integers(0, config.num_labels, size=(x["input_ids"].shape[0],))
     elif head == "question_answering":
         b, s = x["input_ids"].shape

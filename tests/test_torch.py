@@ -22,7 +22,7 @@ import bart_torch  # noqa: E402
 from bart_core.checkpoint import load_state_dict, write_safetensors  # noqa: E402
 from bart_core.names import param_table  # noqa: E402
 from bart_torch.modeling import KVCache  # noqa: E402
-from tests.conftest import HEADS, TINY_CONFIGS, seeded_inputs, tiny_config  # noqa: E402
+from tests.conftest import HEADS, TINY_CONFIGS, load_reference, seeded_inputs, tiny_config  # noqa: E402
 
 ATOL = 1e-5
 CONFIGS = list(TINY_CONFIGS)
@@ -40,19 +40,7 @@ def _t(x):
     return {k: torch.from_numpy(np.asarray(v)) for k, v in x.items()}
 
 
-def _reference(head, path, eager=True):
-    transformers = pytest.importorskip("transformers")
-    kw = {"attn_implementation": "eager"} if eager else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = getattr(transformers, HEADS[head]).from_pretrained(path, **kw).eval()
-    # transformers 4.57.6 does not re-tie the encoder/decoder embeddings of a tie_word_embeddings=False BART it
-    # loads (it initialises them freshly); the model it saved had them tied to `shared`, as the name table says.
-    base = getattr(model, "model", model)
-    if hasattr(base, "shared"):
-        base.encoder.embed_tokens.weight = base.shared.weight
-        base.decoder.embed_tokens.weight = base.shared.weight
-    return model
+_reference = load_reference
 
 
 def _task_inputs(head, config, seed=0):
