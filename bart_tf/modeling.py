@@ -84,14 +84,29 @@ def _dense(units: int, config: BartConfig, name: str, use_bias: bool = True) -> 
                       kernel_initializer=keras.initializers.RandomNormal(stddev=config.init_std))
 
 
+def _drop(layer: keras.layers.Dropout, x, training: bool):
+    """Dropout only when it does something (skips a Keras call per use in inference)."""
+    return layer(x, training=True) if training and layer.rate > 0 else x
+
+
 def _dim(x, axis: int):
     """Static size when known (always in eager mode: no shape ops), else the dynamic one."""
     size = x.shape[axis]
     return size if size is not None else tf.shape(x)[axis]
 
 
+class BartLayerNorm(keras.layers.LayerNormalization):
+    """LayerNormalization computed in float32 with a handful of ops (same formula, biased variance)."""
+
+    def call(self, x):  # (..., D)
+        x32 = tf.cast(x, tf.float32)
+        mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
+        y = (x32 - mean) * tf.math.rsqrt(variance + self.epsilon) * tf.cast(self.gamma, tf.float32)
+        return tf.cast(y + tf.cast(self.beta, tf.float32), self.compute_dtype)
+
+
 def _layer_norm(name: str) -> keras.layers.LayerNormalization:
-    return keras.layers.LayerNormalization(epsilon=1e-5, name=name)
+    return BartLayerNorm(epsilon=1e-5, name=name)
 
 
 class KVCache(NamedTuple):
@@ -195,7 +210,7 @@ class BartAttention(keras.layers.Layer):
         if layer_head_mask is not None:
             probs = probs * tf.reshape(tf.cast(layer_head_mask, probs.dtype), [1, -1, 1, 1])
         weights = probs if output_attentions else None
-        probs = self.dropout(tf.cast(probs, v.dtype), training=training)
+        probs = _drop(self.dropout, tf.cast(probs, v.dtype), training)
         out = tf.matmul(probs, v)                                  # (B, H, T, hd)
         b, t = _dim(out, 0), _dim(out, 2)
         out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, self.dim])  # (B, T, D)
@@ -234,10 +249,10 @@ class BartEncoderLayer(keras.layers.Layer):
         residual = hidden
         hidden, weights, _ = self.self_attn(hidden, attn_mask=attn_mask, layer_head_mask=layer_head_mask,
                                             output_attentions=output_attentions, training=training)
-        hidden = self.self_attn_layer_norm(residual + self.dropout(hidden, training=training))
+        hidden = self.self_attn_layer_norm(residual + _drop(self.dropout, hidden, training))
         residual = hidden
-        hidden = self.activation_dropout(self.act(self.fc1(hidden)), training=training)
-        hidden = self.final_layer_norm(residual + self.dropout(self.fc2(hidden), training=training))
+        hidden = _drop(self.activation_dropout, self.act(self.fc1(hidden)), training)
+        hidden = self.final_layer_norm(residual + _drop(self.dropout, self.fc2(hidden), training))
         return hidden, weights
 
 
@@ -281,7 +296,7 @@ class BartDecoderLayer(keras.layers.Layer):
         hidden, self_w, (k, v) = self.self_attn(hidden, attn_mask=self_mask, cache=self_cache, cache_index=cache_index,
                                                 layer_head_mask=layer_head_mask,
                                                 output_attentions=output_attentions, training=training)
-        hidden = self.self_attn_layer_norm(residual + self.dropout(hidden, training=training))
+        hidden = self.self_attn_layer_norm(residual + _drop(self.dropout, hidden, training))
         cross_w, ck, cv = None, None, None
         cross_cache = None if cache is None or cache[2] is None else cache[2:]
         if encoder_hidden is not None or cross_cache is not None:
@@ -289,10 +304,10 @@ class BartDecoderLayer(keras.layers.Layer):
             hidden, cross_w, (ck, cv) = self.encoder_attn(hidden, attn_mask=cross_mask, key_value_states=encoder_hidden,
                                                           cache=cross_cache, layer_head_mask=cross_head_mask,
                                                           output_attentions=output_attentions, training=training)
-            hidden = self.encoder_attn_layer_norm(residual + self.dropout(hidden, training=training))
+            hidden = self.encoder_attn_layer_norm(residual + _drop(self.dropout, hidden, training))
         residual = hidden
-        hidden = self.activation_dropout(self.act(self.fc1(hidden)), training=training)
-        hidden = self.final_layer_norm(residual + self.dropout(self.fc2(hidden), training=training))
+        hidden = _drop(self.activation_dropout, self.act(self.fc1(hidden)), training)
+        hidden = self.final_layer_norm(residual + _drop(self.dropout, self.fc2(hidden), training))
         return hidden, self_w, cross_w, (k, v, ck, cv)
 
 
@@ -336,7 +351,7 @@ class BartEncoder(keras.layers.Layer):
             inputs_embeds = self.embed_tokens(tf.cast(input_ids, tf.int32))      # (B, S, D)
         s = _dim(inputs_embeds, 1)
         hidden = tf.cast(inputs_embeds, self.compute_dtype) + self.embed_positions.lookup(0, s)
-        hidden = self.dropout(self.layernorm_embedding(hidden), training=training)
+        hidden = _drop(self.dropout, self.layernorm_embedding(hidden), training)
         mask = None if attention_mask is None else make_padding_mask(attention_mask)[:, None, None, :]  # (B,1,1,S)
         states, attentions = (), ()
         for i, layer in enumerate(self.layers):
@@ -424,7 +439,7 @@ class BartDecoder(keras.layers.Layer):
             past_key_values = self._grow(past_key_values, int(static_index) + inputs_embeds.shape[1])
         capacity = t if past_key_values is None else _dim(past_key_values.layers[0][0], 2)
         hidden = tf.cast(inputs_embeds, self.compute_dtype) + self.embed_positions.lookup(index, t)
-        hidden = self.dropout(self.layernorm_embedding(hidden), training=training)
+        hidden = _drop(self.dropout, self.layernorm_embedding(hidden), training)
 
         # masks, built once (bool, True = attend): self-attention (B|1, 1, T, capacity), cross (B, 1, 1, S)
         mask = make_causal_mask(t, capacity, index)[None, None]
@@ -676,8 +691,8 @@ class BartClassificationHead(keras.layers.Layer):
         self.built = True
 
     def call(self, hidden, training=False):  # (B, D) -> (B, num_labels)
-        hidden = tf.math.tanh(self.dense(self.dropout(hidden, training=training)))
-        return self.out_proj(self.dropout(hidden, training=training))
+        hidden = tf.math.tanh(self.dense(_drop(self.dropout, hidden, training)))
+        return self.out_proj(_drop(self.dropout, hidden, training))
 
 
 class BartForSequenceClassification(BartPreTrainedModel):

@@ -83,7 +83,8 @@ def measure(side: str, path: str, shapes: dict) -> dict:
         x[:, -1] = 2
         return tf.constant(x), tf.ones((batch, length), tf.int32)
 
-    out = {"device": tf.config.list_physical_devices("GPU")[0].name if tf.config.list_physical_devices("GPU")
+    gpus = tf.config.list_physical_devices("GPU")
+    out = {"device": tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus
            else "CPU"}
     b, s, t = shapes["forward"]
     src, tgt = ids(b, s)[0], ids(b, t)[0]
@@ -120,6 +121,7 @@ def write_checkpoint(config_kwargs: dict, path: str) -> None:
     keras.utils.set_random_seed(0)
     model = bart_tf.BartForConditionalGeneration(BartConfig(**config_kwargs, dropout=0.0))
     model.save_pretrained(path, tf_model=True)
+    os.remove(os.path.join(path, "model.safetensors"))  # both sides read tf_model.h5
 
 
 def table(ours: dict, ref: dict, title: str) -> str:

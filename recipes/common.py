@@ -100,8 +100,9 @@ class RunConfig:
     resume: str | None = None              # "latest" or a checkpoint folder
     log_every: int = 1
     progress: bool = True                  # tqdm bar on the main process
-    bf16: bool = False                     # torch: bfloat16 autocast on CPU; flax: bfloat16 compute dtype
-    gradient_checkpointing: bool = False   # torch: recompute layer activations in the backward pass
+    bf16: bool = False                     # torch: bfloat16 autocast on CPU; flax: bfloat16 compute dtype;
+    #                                        tf: refused
+    gradient_checkpointing: bool = False   # torch only: recompute layer activations in the backward pass
     devices: int = 1                       # data-parallel replicas: torch processes (gloo), tf logical CPUs
     #                                        (MirroredStrategy), flax host devices (jax.sharding)
 
@@ -745,8 +746,8 @@ def train_loop(run: RunConfig, trainer: Trainer, stream: BatchStream, eval_data:
                                     time.perf_counter() - start, **extra))
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lrs[step - 1]:.2e}", tok_s=f"{rate:,.0f}")
         bar.update(1)
-        if eval_data is not None and ((run.eval_every and step % run.eval_every == 0) or step == run.steps):
-            if trainer.is_main:
+        if (run.eval_every and step % run.eval_every == 0) or step == run.steps:
+            if trainer.is_main and eval_data is not None:
                 last_eval = evaluate(run, trainer, eval_data)
                 logger.log(step=step, event="eval", **last_eval)
                 bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()

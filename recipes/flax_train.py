@@ -151,6 +151,8 @@ class FlaxTrainer(Trainer):
 def train(run: RunConfig) -> dict[str, Any]:
     if run.backend != "flax":
         raise ValueError(f"flax recipe got backend {run.backend!r}")
+    if run.gradient_checkpointing:
+        raise ValueError("the flax recipe has no --gradient-checkpointing (a torch option)")
     tokenizer = load_tokenizer()
     if run.task == "pretrain":
         items, heldout, collator = pretraining_data(run, tokenizer)

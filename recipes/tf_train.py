@@ -124,18 +124,21 @@ def build_optimizer(run: RunConfig, model: TokenWeightedBart) -> keras.optimizer
 
 # === Data ===
 
-def step_dataset(stream: BatchStream, steps: int, grad_accum: int, counts: dict[int, tuple[int, int]] | None = None,
-                 first_step: int = 0) -> tf.data.Dataset:
-    """``steps`` optimizer steps of ``(inputs, labels, weight)`` micro-batches from ``stream``. ``counts``
-    receives ``step index -> (label tokens, throughput tokens)`` as the pipeline produces each step."""
+def step_dataset(items: Sequence[Any], collator: Any, run: RunConfig, first_step: int,
+                 counts: dict[int, tuple[int, int]] | None = None) -> tf.data.Dataset:
+    """Optimizer steps ``first_step .. run.steps - 1`` as ``(inputs, labels, weight)`` micro-batches. ``counts``
+    receives ``step -> (label tokens, throughput tokens)`` as the pipeline produces each step. Every pass over
+    the dataset starts its own stream at ``first_step`` (Keras may open the dataset more than once)."""
     def micro_batches():
-        for i in range(steps):
-            step = StepBatches.take(stream, grad_accum)
+        stream = BatchStream(items, collator, run.global_batch)
+        stream.seek(first_step * run.grad_accum)
+        for index in range(first_step, run.steps):
+            step = StepBatches.take(stream, run.grad_accum)
             if counts is not None:
-                counts[first_step + i] = (step.global_tokens, step.throughput_tokens)
+                counts[index] = (step.global_tokens, step.throughput_tokens)
             for batch in step.batches:
                 rows = batch["labels"].shape[0]
-                weight = np.full((rows,), grad_accum / step.global_tokens, np.float32)
+                weight = np.full((rows,), run.grad_accum / step.global_tokens, np.float32)
                 yield {k: batch[k] for k in _INPUTS}, batch["labels"], weight
 
     ids = tf.TensorSpec((None, None), tf.int64)
@@ -256,6 +259,8 @@ def train(run: RunConfig, strategy: tf.distribute.Strategy | None = None) -> dic
     logical CPUs when ``run.devices > 1``, else the default strategy."""
     if run.backend != "tf":
         raise ValueError(f"tf recipe got backend {run.backend!r}")
+    if run.bf16 or run.gradient_checkpointing:
+        raise ValueError("the tf recipe has no --bf16 or --gradient-checkpointing (torch options; flax has --bf16)")
     strategy = strategy if strategy is not None else make_strategy(run.devices)
     if run.global_batch % strategy.num_replicas_in_sync:
         raise ValueError(f"batch size {run.global_batch} is not divisible by {strategy.num_replicas_in_sync} "
@@ -280,8 +285,6 @@ def train(run: RunConfig, strategy: tf.distribute.Strategy | None = None) -> dic
         with strategy.scope():
             trainer.load(resume_from)
         step = int(state["step"])
-    stream = BatchStream(items, collator, run.global_batch)
-    stream.seek(step * run.grad_accum)
     logger = MetricsLogger(out / METRICS_FILE, resume_step=step if resume_from else None)
     eval_data = make_eval_data(run, heldout, collator)
 
@@ -294,7 +297,7 @@ def train(run: RunConfig, strategy: tf.distribute.Strategy | None = None) -> dic
     token_counts: dict[int, tuple[int, int]] = {}
     callback = RecipeCallback(run, trainer, step, logger, token_counts, eval_data)
     if steps_left > 0:
-        model.fit(step_dataset(stream, steps_left, run.grad_accum, token_counts, step), epochs=1,
+        model.fit(step_dataset(items, collator, run, step, token_counts), epochs=1,
                   steps_per_epoch=steps_left * run.grad_accum, callbacks=[callback], verbose=0,
                   shuffle=False)
     callback._evaluate()

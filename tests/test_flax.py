@@ -302,15 +302,15 @@ def test_sampling_uses_the_key(cg):
     ours, _, _ = cg
     x = seeded_inputs(ours.config)
     sample = lambda key, **kw: np.asarray(ours.generate(x["input_ids"], x["attention_mask"], do_sample=True,
-                                                        max_length=12, prng_key=key, **kw))
+                                                        max_length=12, prng_key=key, top_p=0.9, temperature=0.7,
+                                                        **kw))
     k0, k1 = jax.random.PRNGKey(0), jax.random.PRNGKey(1)
-    np.testing.assert_array_equal(sample(k0, top_p=0.9, temperature=0.7), sample(k0, top_p=0.9, temperature=0.7))
-    assert not np.array_equal(sample(k0, top_k=0), sample(k1, top_k=0))
-    greedy = np.asarray(ours.generate(x["input_ids"], x["attention_mask"], max_length=12))
-    np.testing.assert_array_equal(sample(k1, top_k=1), greedy)
-    many = np.asarray(ours.generate(x["input_ids"], x["attention_mask"], do_sample=True, max_length=6,
-                                    num_return_sequences=3, seed=3))
-    assert many.shape[0] == 9
+    np.testing.assert_array_equal(sample(k0), sample(k0))
+    assert not np.array_equal(sample(k0), sample(k1))
+    # top_k=1 sampling is greedy; three samples per input share one encoder row
+    many = sample(k1, top_k=1, num_return_sequences=3)
+    greedy = np.asarray(ours.generate(x["input_ids"], x["attention_mask"], max_length=12, top_p=0.9))
+    np.testing.assert_array_equal(many, np.repeat(greedy, 3, axis=0))
 
 
 def test_no_repeat_ngram_is_respected(cg):
@@ -335,7 +335,7 @@ def test_bfloat16_compute(cg):
     bf = half.to_bf16()
     assert all(p.dtype == jnp.bfloat16 for p in jax.tree_util.tree_leaves(bf))
     assert np.isfinite(np.asarray(half(**x, params=bf).logits, np.float32)).all()
-    assert half.generate(x["input_ids"], x["attention_mask"], max_length=6, num_beams=2).shape[0] == 3
+    assert half.generate(x["input_ids"], x["attention_mask"], max_length=4).shape[0] == 3
 
 
 def test_dropout_needs_and_uses_a_key():
