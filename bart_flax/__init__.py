@@ -22,8 +22,12 @@ def _register_outputs() -> None:
 _register_outputs()
 
 from bart_flax.modeling import (  # noqa: E402
-    BartForCausalLM, BartForConditionalGeneration, BartForQuestionAnswering, BartForSequenceClassification,
-    BartModel, BartPreTrainedModel,
+    BartForCausalLM,
+    BartForConditionalGeneration,
+    BartForQuestionAnswering,
+    BartForSequenceClassification,
+    BartModel,
+    BartPreTrainedModel,
 )
 
 __all__ = ["BartModel", "BartForConditionalGeneration", "BartForSequenceClassification", "BartForQuestionAnswering",

@@ -13,8 +13,17 @@ import numpy as np
 
 from bart_core import BartConfig
 from bart_core.checkpoint import (
-    FLAX_WEIGHTS_NAME, PT_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, TF_WEIGHTS_NAME,
-    CheckpointError, align_state_dict, export_state_dict, find_weight_file, load_state_dict, write_safetensors,
+    FLAX_WEIGHTS_NAME,
+    PT_WEIGHTS_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    TF_WEIGHTS_NAME,
+    CheckpointError,
+    align_state_dict,
+    export_state_dict,
+    find_weight_file,
+    load_state_dict,
+    write_safetensors,
 )
 from bart_core.formats.flax_msgpack import flax_mapping, to_flax_tree, write_flax_msgpack
 

@@ -15,7 +15,6 @@ undefined. Outside ``jit`` both raise ``ValueError`` before any computation.
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any, Optional
 
 import jax

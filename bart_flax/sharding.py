@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 LOGICAL_RULES: tuple[tuple[str, str | None], ...] = (
     ("batch", "data"),

@@ -101,6 +101,7 @@ def reference_config(model: str):
 
 def worker_torch(settings: dict, model: str, ours: bool) -> dict:
     import torch
+
     from recipes.torch_train import TorchTrainer, build_model
     torch.manual_seed(0)
     run = run_config(settings, "torch", model)
@@ -137,6 +138,7 @@ def worker_tf(settings: dict, model: str, ours: bool) -> dict:
     stamps: list = []
     if ours:
         import keras
+
         from recipes.tf_train import build_model, build_optimizer
         run = run_config(settings, "tf", model)
         net = build_model(run)
@@ -167,6 +169,7 @@ def worker_flax(settings: dict, model: str, ours: bool) -> dict:
         return timed(lambda b: trainer.train_step(step_batches(b), run.lr)[0], batches, settings["warmup"])
     import optax
     import transformers
+
     from bart_flax.modeling import cross_entropy
     from recipes.flax_train import build_optimizer
     net = transformers.FlaxBartForConditionalGeneration(reference_config(model), seed=0)

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from recipes.common import TASKS, add_arguments, from_args, write_summary_dataset, SUMMARIES_DIR
+from recipes.common import SUMMARIES_DIR, TASKS, add_arguments, from_args, write_summary_dataset
 
 
 def _prepare_environment(backend: str, devices: int) -> None:

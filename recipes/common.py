@@ -33,8 +33,15 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from bart_core.config import BartConfig
-from bart_core.denoising import CORPUS_DIR, LABEL_PAD, DenoisingCollator, DenoisingConfig, iterate_batches, make_documents, \
-    read_corpus
+from bart_core.denoising import (
+    CORPUS_DIR,
+    LABEL_PAD,
+    DenoisingCollator,
+    DenoisingConfig,
+    iterate_batches,
+    make_documents,
+    read_corpus,
+)
 from bart_core.fileio import atomic_write_text
 from bart_core.inputs import shift_tokens_right
 from bart_core.names import param_table
@@ -70,13 +77,13 @@ class RunConfig:
     model: str = "small"                   # a preset of MODEL_PRESETS or a folder with config.json
     init_from: str | None = None           # folder of weights to start from (any format bart_core reads)
     dropout: float | None = None           # overrides config.dropout (None: keep the model's)
-    steps: int = 200                       # optimizer steps
+    steps: int = 300                       # optimizer steps
     batch_size: int = 8                    # per process (torch) / global (tf, flax) rows of one micro-batch
     grad_accum: int = 1                    # micro-batches per optimizer step
     seq_len: int = 128                     # document length (pretrain) / max source length (finetune)
     target_len: int = 64                   # max target length (finetune)
-    lr: float = 5e-4                       # peak learning rate
-    warmup_steps: int = 10                 # linear warm-up from lr / warmup_steps to lr, then linear decay
+    lr: float = 1e-3                       # peak learning rate
+    warmup_steps: int = 20                 # linear warm-up from lr / warmup_steps to lr, then linear decay
     weight_decay: float = 0.01             # decoupled (AdamW); biases, layer norms and logits bias excluded
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -773,8 +780,3 @@ def train_loop(run: RunConfig, trainer: Trainer, stream: BatchStream, eval_data:
             trainer.tokenizer.save_pretrained(final)
     trainer.barrier()
     return {"losses": losses, "eval": last_eval, "out": str(out)}
-
-
-__all__ = [name for name in dir() if not name.startswith("_") and name not in (
-    "annotations", "argparse", "dataclasses", "json", "math", "os", "pathlib", "re", "shutil", "time", "np",
-    "functools", "dataclass", "field", "Any", "Iterator", "Sequence")]

@@ -4,7 +4,6 @@ layout) on checkpoints the reference wrote. Tolerance 1e-5 absolute on float32 o
 from __future__ import annotations
 
 import os
-import warnings
 
 os.environ.setdefault("USE_TF", "0")
 
@@ -354,6 +353,7 @@ def test_dropout_needs_and_uses_a_key():
 
 def test_optax_training_loss_falls():
     import optax
+
     from bart_flax.training import TrainState, make_train_step
     config = tiny_config(dropout=0.1)
     model = bart_flax.BartForConditionalGeneration(config)
@@ -373,6 +373,7 @@ def test_optax_training_loss_falls():
 
 def test_label_smoothing_matches_torch():
     import torch
+
     from bart_flax.modeling import cross_entropy
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 5, 11)).astype(np.float32)

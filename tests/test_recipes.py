@@ -237,8 +237,8 @@ def test_finetuning_reports_rouge(backend, tmp_path, request):
 
 def test_torch_gradient_accumulation_equals_the_large_batch(tmp_path):
     need("torch")
-    from recipes import train
     from bart_core.checkpoint import load_state_dict
+    from recipes import train
     big = tiny_run("torch", tmp_path / "big", steps=3, batch_size=4, dropout=0.0)
     small = tiny_run("torch", tmp_path / "small", steps=3, batch_size=2, grad_accum=2, dropout=0.0)
     a, b = train(big)["losses"], train(small)["losses"]
