@@ -135,3 +135,51 @@ def seeded_inputs(config, batch: int = 3, src_len: int = 9, tgt_len: int = 7, se
     dec = rng.integers(3, config.vocab_size, size=(batch, tgt_len)).astype(np.int64)
     dec[:, 0] = config.decoder_start_token_id
     return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec}
+
+
+def task_inputs(head: str, config, seed: int = 0) -> dict:
+    """Numpy inputs for one head, with labels / positions so the loss is checked too."""
+    x = seeded_inputs(config, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    if head == "causal_lm":
+        labels = x["input_ids"].copy()
+        labels[x["attention_mask"] == 0] = -100
+        return {"input_ids": x["input_ids"], "attention_mask": x["attention_mask"], "labels": labels}
+    if head == "conditional_generation":
+        labels = rng.integers(3, config.vocab_size, size=x["decoder_input_ids"].shape)
+        labels[:, -2:] = -100
+        x["labels"] = labels
+    elif head == "sequence_classification":  # pools decoder states at the eos of input_ids: same length
+        del x["decoder_input_ids"]
+        x["labels"] = rng.integers(0, config.num_labels, size=(x["input_ids"].shape[0],))
+    elif head == "question_answering":
+        b, s = x["input_ids"].shape
+        x["start_positions"] = rng.integers(0, s, size=(b,))
+        x["end_positions"] = np.array([s + 5] + [1] * (b - 1))  # out of range: clamped by the model
+    return x
+
+
+def reference_outputs(model, inputs: dict, **kwargs) -> dict:
+    """Run a transformers PyTorch model on numpy inputs; every output field as numpy (tuples stay tuples)."""
+    import torch
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}, return_dict=True, **kwargs)
+    res = {}
+    for k, v in out.items():
+        if k == "past_key_values" or v is None:
+            continue
+        res[k] = tuple(t.numpy() for t in v) if isinstance(v, tuple) else v.numpy()
+    return res
+
+
+def assert_outputs_close(ours: dict, ref: dict, atol: float = 1e-5) -> None:
+    """Every field of ``ref`` is in ``ours`` and within ``atol`` (absolute)."""
+    assert set(ref) <= set(ours), f"missing outputs {sorted(set(ref) - set(ours))}"
+    for k, r in ref.items():
+        o = ours[k]
+        if isinstance(r, tuple):
+            assert len(o) == len(r), f"{k}: {len(o)} tensors, reference has {len(r)}"
+            for i, (a, b) in enumerate(zip(o, r)):
+                np.testing.assert_allclose(np.asarray(a), b, atol=atol, rtol=0, err_msg=f"{k}[{i}]")
+        else:
+            np.testing.assert_allclose(np.asarray(o), r, atol=atol, rtol=0, err_msg=k)

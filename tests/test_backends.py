@@ -5,17 +5,21 @@ Tolerance: float32 outputs within 1e-5 absolute (tiny configs, init_std 0.1); ge
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
 import pytest
 
 from tests.backends import BACKEND_NAMES, get_backend
-from tests.conftest import HEADS, load_reference, seeded_inputs, tiny_config
-
-os.environ.setdefault("USE_TF", "0")
-os.environ.setdefault("USE_FLAX", "0")
+from tests.conftest import (
+    HEADS,
+    assert_outputs_close,
+    load_reference,
+    reference_outputs,
+    seeded_inputs,
+    task_inputs,
+    tiny_config,
+)
 
 ATOL = 1e-5
 
@@ -31,53 +35,6 @@ def backend(request):
 _reference = load_reference
 
 
-def _task_inputs(head, config, seed=0):
-    """Inputs (numpy) for one head, with labels so the loss is checked too."""
-    x = seeded_inputs(config, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    if head == "causal_lm":
-        labels = x["input_ids"].copy()
-        labels[x["attention_mask"] == 0] = -100
-        return {"input_ids": x["input_ids"], "attention_mask": x["attention_mask"], "labels": labels}
-    if head == "conditional_generation":
-        labels = rng.integers(3, config.vocab_size, size=x["decoder_input_ids"].shape)
-        labels[:, -2:] = -100
-        x["labels"] = labels
-    elif head == "sequence_classification":  # pools decoder states at the eos of input_ids: same length
-        del x["decoder_input_ids"]
-        x["labels"] = rng.integers(0, config.num_labels, size=(x["input_ids"].shape[0],))
-    elif head == "question_answering":
-        b, s = x["input_ids"].shape
-        x["start_positions"] = rng.integers(0, s, size=(b,))
-        x["end_positions"] = np.array([s + 5] + [1] * (b - 1))  # out of range: clamped by the model
-    return x
-
-
-def _reference_outputs(model, inputs):
-    import torch
-    with torch.no_grad():
-        out = model(**{k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()},
-                    output_hidden_states=True, output_attentions=True, return_dict=True)
-    res = {}
-    for k, v in out.items():
-        if k == "past_key_values" or v is None:
-            continue
-        res[k] = tuple(t.numpy() for t in v) if isinstance(v, tuple) else v.numpy()
-    return res
-
-
-def _assert_close(ours, ref, atol=ATOL):
-    assert set(ref) <= set(ours), f"missing outputs {sorted(set(ref) - set(ours))}"
-    for k, r in ref.items():
-        o = ours[k]
-        if isinstance(r, tuple):
-            assert len(o) == len(r), f"{k}: {len(o)} tensors, reference has {len(r)}"
-            for i, (a, b) in enumerate(zip(o, r)):
-                np.testing.assert_allclose(np.asarray(a), b, atol=atol, rtol=0, err_msg=f"{k}[{i}]")
-        else:
-            np.testing.assert_allclose(np.asarray(o), r, atol=atol, rtol=0, err_msg=k)
-
-
 # ------------------------------------------------------------------------------------------------ equivalence
 
 
@@ -86,11 +43,14 @@ def _assert_close(ours, ref, atol=ATOL):
 def test_outputs_match_reference(backend, reference_checkpoint, head, config_name):
     path = reference_checkpoint(head, config_name)
     config = tiny_config(config_name)
-    inputs = _task_inputs(head, config)
-    ref = _reference_outputs(_reference(head, path), inputs)
+    inputs = task_inputs(head, config)
     model = backend.from_pretrained(HEADS[head], path)
+    ref = reference_outputs(_reference(head, path), inputs, output_hidden_states=True, output_attentions=True)
     ours = backend.forward(model, **inputs, output_hidden_states=True, output_attentions=True)
-    _assert_close(ours, ref)
+    assert_outputs_close(ours, ref)
+    assert ("loss" in ours) == (head != "base")
+    # the fast attention path (no attention maps requested) against the reference's sdpa path
+    assert_outputs_close(backend.forward(model, **inputs), reference_outputs(_reference(head, path, eager=False), inputs))
 
 
 GENERATE_CASES = {
@@ -99,32 +59,58 @@ GENERATE_CASES = {
     "greedy_forced_bos_rep": dict(max_new_tokens=10, forced_bos_token_id=0, repetition_penalty=1.3),
     "beam4": dict(num_beams=4, max_new_tokens=12),
     "beam4_lp05_early": dict(num_beams=4, max_new_tokens=12, length_penalty=0.5, early_stopping=True),
-    "beam3_lp2_ngram_min": dict(num_beams=3, max_new_tokens=14, length_penalty=2.0, no_repeat_ngram_size=2,
-                                min_length=6, forced_bos_token_id=0),
+    "beam3_lp2_ngram_min_bos": dict(num_beams=3, max_new_tokens=14, length_penalty=2.0, no_repeat_ngram_size=2,
+                                    min_length=6, forced_bos_token_id=0),
     "beam4_return3_never": dict(num_beams=4, max_new_tokens=10, num_return_sequences=3, early_stopping="never"),
+    "beam4_lp2_false": dict(num_beams=4, max_new_tokens=15, length_penalty=2.0, early_stopping=False),
+    "beam3_never_lp05_return2": dict(num_beams=3, max_length=16, length_penalty=0.5, early_stopping="never",
+                                     num_return_sequences=2, min_new_tokens=3),
+    "beam3_all_processors": dict(num_beams=3, max_length=14, no_repeat_ngram_size=3, min_length=5,
+                                 repetition_penalty=1.2, forced_bos_token_id=0, early_stopping="never"),
+    "beam5_forced_bos_eos": dict(num_beams=5, max_new_tokens=10, forced_bos_token_id=0, forced_eos_token_id=2),
 }
 
 
-EOS_BIAS = {"greedy": 0.0, "greedy_min_len_ngram": 2.0, "greedy_forced_bos_rep": 2.0, "beam4": 0.0,
-            "beam4_lp05_early": 3.0, "beam3_lp2_ngram_min": 3.0, "beam4_return3_never": 2.0}
+def _generation_checkpoint(reference_checkpoint, eos_bias):
+    """init_std 0.3 gives input-dependent outputs; eos_bias makes eos likely so hypotheses finish at different
+    lengths and the beam bookkeeping (finished hypotheses, early stopping, padding) is exercised."""
+    return reference_checkpoint("conditional_generation", "gelu", seed=3, eos_bias=eos_bias, init_std=0.3)
 
 
-@pytest.mark.parametrize("case", list(GENERATE_CASES))
-def test_generate_matches_reference(backend, reference_checkpoint, case):
+def _reference_generate(path, x, **options):
     import torch
-    options = GENERATE_CASES[case]
-    # eos_bias makes eos likely so hypotheses finish at different lengths and beam bookkeeping is exercised
-    path = reference_checkpoint("conditional_generation", "gelu", seed=3, eos_bias=EOS_BIAS[case],
-                               init_std=0.3)
-    config = tiny_config()
-    x = seeded_inputs(config, seed=5)
-    ref_model = _reference("conditional_generation", path)
     with torch.no_grad():
-        ref = ref_model.generate(torch.from_numpy(x["input_ids"]),
-                                 attention_mask=torch.from_numpy(x["attention_mask"]), **options).numpy()
+        return _reference("conditional_generation", path, eager=False).generate(
+            torch.from_numpy(x["input_ids"]), attention_mask=torch.from_numpy(x["attention_mask"]), **options)
+
+
+@pytest.mark.parametrize("eos_bias", [0.0, 2.5])
+@pytest.mark.parametrize("case", list(GENERATE_CASES))
+def test_generate_matches_reference(backend, reference_checkpoint, case, eos_bias):
+    options = GENERATE_CASES[case]
+    path = _generation_checkpoint(reference_checkpoint, eos_bias)
+    x = seeded_inputs(tiny_config(), seed=5)
+    ref = _reference_generate(path, x, **options).numpy()
     model = backend.from_pretrained("BartForConditionalGeneration", path)
     ours = np.asarray(backend.generate(model, x["input_ids"], x["attention_mask"], **options))
     assert ours.shape == ref.shape and ours.tolist() == ref.tolist()
+
+
+def test_generate_scores_match_reference(backend, reference_checkpoint):
+    path = _generation_checkpoint(reference_checkpoint, 2.5)
+    x = seeded_inputs(tiny_config(), seed=5)
+    opts = dict(num_beams=3, max_new_tokens=8, return_dict_in_generate=True, output_scores=True)
+    ref = _reference_generate(path, x, **opts)
+    model = backend.from_pretrained("BartForConditionalGeneration", path)
+    ours = backend.generate(model, x["input_ids"], x["attention_mask"], **opts)
+    assert ours["sequences"].tolist() == ref.sequences.tolist()
+    np.testing.assert_allclose(ours["sequences_scores"], ref.sequences_scores.numpy(), atol=ATOL, rtol=0)
+    assert len(ours["scores"]) == len(ref.scores)
+    for a, b in zip(ours["scores"], ref.scores):
+        b = b.numpy()
+        finite = np.isfinite(b)
+        assert np.array_equal(np.isfinite(a), finite)
+        np.testing.assert_allclose(a[finite], b[finite], atol=ATOL, rtol=0)
 
 
 def test_saved_checkpoint_loads_in_reference(backend, reference_checkpoint, tmp_path):
@@ -133,8 +119,8 @@ def test_saved_checkpoint_loads_in_reference(backend, reference_checkpoint, tmp_
     backend.save_pretrained(model, tmp_path)
     assert (tmp_path / "config.json").exists() and (tmp_path / "model.safetensors").exists()
     config = tiny_config("relu_scaled")
-    inputs = _task_inputs("conditional_generation", config)
-    ref = _reference_outputs(_reference("conditional_generation", str(tmp_path)), inputs)
+    inputs = task_inputs("conditional_generation", config)
+    ref = reference_outputs(_reference("conditional_generation", str(tmp_path)), inputs)
     ours = backend.forward(model, **inputs)
     np.testing.assert_allclose(ours["logits"], ref["logits"], atol=ATOL, rtol=0)
 
@@ -160,7 +146,7 @@ def test_base_checkpoint_loads_into_head_with_warning(backend, reference_checkpo
     assert "qa_outputs.weight" in text
     config = tiny_config()
     x = seeded_inputs(config)
-    ref = _reference_outputs(_reference("base", path), {"input_ids": x["input_ids"],
+    ref = reference_outputs(_reference("base", path), {"input_ids": x["input_ids"],
                                                         "attention_mask": x["attention_mask"]})
     base = backend.from_pretrained("BartModel", path)
     ours = backend.forward(base, input_ids=x["input_ids"], attention_mask=x["attention_mask"])

@@ -35,66 +35,7 @@ def reference_model(head: str, config: str = "gelu", seed: int = 0):
     return randomize_biases(getattr(transformers, HEADS[head])(cfg).eval(), seed)
 
 
-def head_inputs(head: str, config):
-    inputs = seeded_inputs(config)
-    if head == "sequence_classification":  # the eos-pooled head reads the shifted input ids
-        del inputs["decoder_input_ids"]
-    if head == "causal_lm":
-        del inputs["decoder_input_ids"]
-    return inputs
-
-
-def assert_close(ours, ref, name):
-    if isinstance(ref, tuple):
-        assert len(ours) == len(ref), name
-        for i, (a, b) in enumerate(zip(ours, ref)):
-            assert_close(a, b, f"{name}[{i}]")
-        return
-    ref = ref.detach().numpy() if hasattr(ref, "detach") else np.asarray(ref)
-    np.testing.assert_allclose(np.asarray(ours), ref, atol=ATOL, rtol=0, err_msg=name)
-
-
 # ----------------------------------------------------------------------------------------- numbers
-FORWARD_CASES = [(head, config) for head in HEADS for config in ("gelu", "unequal")] + [
-    ("conditional_generation", "relu_scaled"), ("conditional_generation", "silu_untied"),
-    ("causal_lm", "silu_untied")]
-
-
-@pytest.mark.parametrize("head,config", FORWARD_CASES)
-def test_forward_matches_reference(reference_checkpoint, head, config):
-    ours = getattr(bart_tf, HEADS[head]).from_pretrained(reference_checkpoint(head, config))
-    ref = reference_model(head, config)
-    inputs = head_inputs(head, tiny_config(config))
-    with torch.no_grad():
-        expected = ref(**{k: torch.tensor(v) for k, v in inputs.items()}, output_hidden_states=True,
-                       output_attentions=True)
-    got = ours(**inputs, output_hidden_states=True, output_attentions=True)
-    for key in expected.keys():
-        if key != "past_key_values":
-            assert_close(getattr(got, key), expected[key], key)
-
-
-@pytest.mark.parametrize("head", ["conditional_generation", "sequence_classification", "question_answering",
-                                  "causal_lm"])
-def test_losses_match_reference(reference_checkpoint, head):
-    config = tiny_config()
-    ours = getattr(bart_tf, HEADS[head]).from_pretrained(reference_checkpoint(head))
-    ref = reference_model(head)
-    inputs = head_inputs(head, config)
-    if head in ("conditional_generation", "causal_lm"):
-        labels = inputs["input_ids"].copy()
-        labels[inputs["attention_mask"] == 0] = -100
-        inputs["labels"] = labels
-        inputs.pop("decoder_input_ids", None)  # shifted from the labels
-    elif head == "sequence_classification":
-        inputs["labels"] = np.array([0, 2, 1])
-    else:
-        inputs["start_positions"], inputs["end_positions"] = np.array([1, 3, 20]), np.array([2, 8, 4])
-    with torch.no_grad():
-        expected = ref(**{k: torch.tensor(v) for k, v in inputs.items()}).loss.item()
-    assert abs(float(ours(**inputs).loss) - expected) < ATOL
-
-
 def test_cached_decoding_equals_full_pass(reference_checkpoint):
     model = bart_tf.BartForConditionalGeneration.from_pretrained(reference_checkpoint())
     inputs = seeded_inputs(tiny_config())
@@ -112,17 +53,12 @@ def test_cached_decoding_equals_full_pass(reference_checkpoint):
 
 
 # ----------------------------------------------------------------------------------------- generation
-GENERATE_CASES = {
-    "greedy": dict(max_new_tokens=12),
+XLA_CASES = {
     "greedy_processors": dict(max_length=15, min_length=8, no_repeat_ngram_size=2, repetition_penalty=1.3,
                               forced_bos_token_id=0),
-    "beam": dict(num_beams=4, max_length=16),
-    "beam_return2_lp2_early": dict(num_beams=4, max_length=16, num_return_sequences=2, length_penalty=2.0,
-                                   early_stopping=True),
     "beam_processors_never": dict(num_beams=3, max_length=14, no_repeat_ngram_size=3, min_length=5,
                                   repetition_penalty=1.2, forced_bos_token_id=0, early_stopping="never",
                                   length_penalty=0.5),
-    "beam_forced_eos": dict(num_beams=5, max_new_tokens=10, forced_bos_token_id=0, forced_eos_token_id=2),
 }
 
 
@@ -131,35 +67,6 @@ def generation_pair(reference_checkpoint):
     path = reference_checkpoint()
     return bart_tf.BartForConditionalGeneration.from_pretrained(path), \
         transformers.BartForConditionalGeneration.from_pretrained(path).eval()
-
-
-@pytest.mark.parametrize("case", list(GENERATE_CASES))
-def test_generate_matches_reference(generation_pair, case):
-    ours, ref = generation_pair
-    options = GENERATE_CASES[case]
-    inputs = seeded_inputs(tiny_config())
-    with torch.no_grad():
-        expected = ref.generate(torch.tensor(inputs["input_ids"]), attention_mask=torch.tensor(inputs["attention_mask"]),
-                                **options).numpy()
-    got = ours.generate(inputs["input_ids"], inputs["attention_mask"], **options).numpy()
-    np.testing.assert_array_equal(got, expected)
-
-
-def test_generate_scores_match_reference(generation_pair):
-    ours, ref = generation_pair
-    options = dict(num_beams=3, max_new_tokens=6, output_scores=True, return_dict_in_generate=True)
-    inputs = seeded_inputs(tiny_config())
-    with torch.no_grad():
-        expected = ref.generate(torch.tensor(inputs["input_ids"]), attention_mask=torch.tensor(inputs["attention_mask"]),
-                                **options)
-    got = ours.generate(inputs["input_ids"], inputs["attention_mask"], **options)
-    np.testing.assert_array_equal(got.sequences.numpy(), expected.sequences.numpy())
-    np.testing.assert_allclose(got.sequences_scores.numpy(), expected.sequences_scores.numpy(), atol=1e-4)
-    assert len(got.scores) == len(expected.scores)
-    a, b = got.scores[0].numpy(), expected.scores[0].numpy()
-    finite = np.isfinite(b)
-    np.testing.assert_array_equal(np.isfinite(a), finite)
-    np.testing.assert_allclose(a[finite], b[finite], atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -173,12 +80,12 @@ def small_model():
 def test_xla_generate_equals_eager(small_model, case):
     ours = small_model
     inputs = seeded_inputs(tiny_config())
-    eager = ours.generate(inputs["input_ids"], inputs["attention_mask"], **GENERATE_CASES[case]).numpy()
+    eager = ours.generate(inputs["input_ids"], inputs["attention_mask"], **XLA_CASES[case]).numpy()
     xla = ours.generate(inputs["input_ids"], inputs["attention_mask"], jit_compile=True,
-                        **GENERATE_CASES[case]).numpy()
+                        **XLA_CASES[case]).numpy()
     np.testing.assert_array_equal(xla, eager)
     # a user's own tf.function(jit_compile=True) gets the uncropped buffer; its prefix is the same result
-    fn = tf.function(lambda ids, mask: ours.generate(ids, mask, **GENERATE_CASES[case]), jit_compile=True)
+    fn = tf.function(lambda ids, mask: ours.generate(ids, mask, **XLA_CASES[case]), jit_compile=True)
     padded = fn(tf.constant(inputs["input_ids"]), tf.constant(inputs["attention_mask"])).numpy()
     np.testing.assert_array_equal(padded[:, :eager.shape[1]], eager)
     assert (padded[:, eager.shape[1]:] == 1).all()

@@ -19,13 +19,19 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import bart_torch  # noqa: E402
-from bart_core.checkpoint import load_state_dict, write_safetensors  # noqa: E402
 from bart_core.names import param_table  # noqa: E402
 from bart_torch.modeling import KVCache  # noqa: E402
-from tests.conftest import HEADS, TINY_CONFIGS, load_reference, seeded_inputs, tiny_config  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    HEADS,
+    assert_outputs_close,
+    load_reference,
+    reference_outputs,
+    seeded_inputs,
+    task_inputs,
+    tiny_config,
+)
 
 ATOL = 1e-5
-CONFIGS = list(TINY_CONFIGS)
 
 
 @pytest.fixture(autouse=True)
@@ -43,48 +49,6 @@ def _t(x):
 _reference = load_reference
 
 
-def _task_inputs(head, config, seed=0):
-    x = seeded_inputs(config, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    if head == "causal_lm":
-        labels = x["input_ids"].copy()
-        labels[x["attention_mask"] == 0] = -100
-        return {"input_ids": x["input_ids"], "attention_mask": x["attention_mask"], "labels": labels}
-    if head == "conditional_generation":
-        labels = rng.integers(3, config.vocab_size, size=x["decoder_input_ids"].shape)
-        labels[:, -2:] = -100
-        x["labels"] = labels
-    elif head == "sequence_classification":
-        del x["decoder_input_ids"]  # the head pools the decoder state at the input's last eos
-        x["labels"] = rng.integers(0, config.num_labels, size=(x["input_ids"].shape[0],))
-    elif head == "question_answering":
-        b, s = x["input_ids"].shape
-        x["start_positions"] = rng.integers(0, s, size=(b,))
-        x["end_positions"] = np.array([s + 5] + [1] * (b - 1))  # out of range: clamped
-    return x
-
-
-def _numpy_fields(out):
-    res = {}
-    for k, v in out.items():
-        if k == "past_key_values" or v is None:
-            continue
-        res[k] = tuple(t.detach().numpy() for t in v) if isinstance(v, tuple) else v.detach().numpy()
-    return res
-
-
-def _assert_close(ours, ref, atol=ATOL):
-    assert set(ref) <= set(ours), f"missing outputs {sorted(set(ref) - set(ours))}"
-    for k, r in ref.items():
-        o = ours[k]
-        if isinstance(r, tuple):
-            assert len(o) == len(r), k
-            for i, (a, b) in enumerate(zip(o, r)):
-                np.testing.assert_allclose(a, b, atol=atol, rtol=0, err_msg=f"{k}[{i}]")
-        else:
-            np.testing.assert_allclose(o, r, atol=atol, rtol=0, err_msg=k)
-
-
 def _model(cls_name, config, seed=0):
     torch.manual_seed(seed)
     return getattr(bart_torch, cls_name)(config).eval()
@@ -93,34 +57,19 @@ def _model(cls_name, config, seed=0):
 # ============================================================================ equivalence with the reference
 
 
-@pytest.mark.parametrize("config_name", CONFIGS)
-@pytest.mark.parametrize("head", list(HEADS))
-def test_outputs_match_reference(reference_checkpoint, head, config_name):
-    """Logits, hidden states, attentions and loss on both attention paths (eager with weights, sdpa without)."""
-    path = reference_checkpoint(head, config_name)
-    inputs = _t(_task_inputs(head, tiny_config(config_name)))
-    model = bart_torch.__dict__[HEADS[head]].from_pretrained(path)
-    with torch.no_grad():
-        ref = _numpy_fields(_reference(head, path)(**inputs, output_hidden_states=True, output_attentions=True))
-        ours = _numpy_fields(model(**inputs, output_hidden_states=True, output_attentions=True))
-        _assert_close(ours, ref)
-        ref_fast = _numpy_fields(_reference(head, path, eager=False)(**inputs))
-        _assert_close(_numpy_fields(model(**inputs)), ref_fast)
-    assert ("loss" in ours) == (head != "base")
-
-
 def test_head_masks_match_reference(reference_checkpoint):
     path = reference_checkpoint("conditional_generation", "gelu")
-    c = tiny_config()
-    x = _t(seeded_inputs(c))
-    masks = dict(head_mask=torch.tensor([[1.0, 0.0, 1.0, 0.5], [0.0, 1.0, 1.0, 1.0]]),
-                 decoder_head_mask=torch.tensor([[1.0, 1.0, 0.0, 1.0], [1.0, 0.3, 1.0, 1.0]]),
-                 cross_attn_head_mask=torch.tensor([[0.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]]))
+    x = seeded_inputs(tiny_config())
+    masks = dict(head_mask=np.array([[1.0, 0.0, 1.0, 0.5], [0.0, 1.0, 1.0, 1.0]], np.float32),
+                 decoder_head_mask=np.array([[1.0, 1.0, 0.0, 1.0], [1.0, 0.3, 1.0, 1.0]], np.float32),
+                 cross_attn_head_mask=np.array([[0.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]], np.float32))
+    ref = reference_outputs(_reference("conditional_generation", path), {**x, **masks}, output_attentions=True)
+    model = bart_torch.BartForConditionalGeneration.from_pretrained(path)
     with torch.no_grad():
-        ref = _numpy_fields(_reference("conditional_generation", path)(**x, **masks, output_attentions=True))
-        ours = _numpy_fields(bart_torch.BartForConditionalGeneration.from_pretrained(path)(
-            **x, **masks, output_attentions=True))
-    _assert_close(ours, ref)
+        out = model(**_t({**x, **masks}), output_attentions=True)
+    ours = {k: tuple(t.numpy() for t in v) if isinstance(v, tuple) else v.numpy()
+            for k, v in out.items() if k != "past_key_values"}
+    assert_outputs_close(ours, ref)
 
 
 @pytest.mark.parametrize("problem", ["regression", "multi_label_classification"])
@@ -168,74 +117,6 @@ def test_cached_decoding_equals_full_pass(reference_checkpoint, head):
     np.testing.assert_allclose(torch.cat(steps, 1).numpy(), full.numpy(), atol=ATOL, rtol=0)
 
 
-GENERATE_CASES = {
-    "greedy": dict(max_new_tokens=12),
-    "greedy_min_len_ngram": dict(max_new_tokens=12, min_length=8, no_repeat_ngram_size=2),
-    "greedy_forced_bos_rep": dict(max_new_tokens=10, forced_bos_token_id=0, repetition_penalty=1.3),
-    "beam4": dict(num_beams=4, max_new_tokens=12),
-    "beam4_lp05_early": dict(num_beams=4, max_new_tokens=12, length_penalty=0.5, early_stopping=True),
-    "beam3_lp2_ngram_min_bos": dict(num_beams=3, max_new_tokens=14, length_penalty=2.0, no_repeat_ngram_size=2,
-                                    min_length=6, forced_bos_token_id=0),
-    "beam4_return3_never": dict(num_beams=4, max_new_tokens=10, num_return_sequences=3, early_stopping="never"),
-    "beam4_lp2_false": dict(num_beams=4, max_new_tokens=15, length_penalty=2.0, early_stopping=False),
-    "beam3_never_lp05_return2": dict(num_beams=3, max_length=16, length_penalty=0.5, early_stopping="never",
-                                     num_return_sequences=2, min_new_tokens=3),
-}
-
-
-@pytest.fixture(scope="module")
-def generation_checkpoint(reference_checkpoint, tmp_path_factory):
-    """Checkpoints with a raised EOS logit bias so hypotheses finish at different lengths."""
-    made = {}
-
-    def make(eos_bias: float) -> str:
-        if eos_bias not in made:
-            src = load_state_dict(reference_checkpoint("conditional_generation", "gelu", seed=3, init_std=0.3))
-            state = {k: np.array(v) for k, v in src.items()}
-            state["final_logits_bias"][0, 2] += eos_bias
-            d = tmp_path_factory.mktemp(f"gen-{eos_bias}")
-            write_safetensors(state, str(d))
-            tiny_config(init_std=0.3).save_pretrained(d)
-            made[eos_bias] = str(d)
-        return made[eos_bias]
-
-    return make
-
-
-@pytest.mark.parametrize("eos_bias", [0.0, 2.5])
-@pytest.mark.parametrize("case", list(GENERATE_CASES))
-def test_generate_matches_reference(generation_checkpoint, case, eos_bias):
-    options = GENERATE_CASES[case]
-    path = generation_checkpoint(eos_bias)
-    x = _t(seeded_inputs(tiny_config(), seed=5))
-    with torch.no_grad():
-        ref = _reference("conditional_generation", path, eager=False).generate(
-            x["input_ids"], attention_mask=x["attention_mask"], **options)
-    model = bart_torch.BartForConditionalGeneration.from_pretrained(path)
-    ours = model.generate(x["input_ids"], x["attention_mask"], **options)
-    assert ours.shape == ref.shape and ours.tolist() == ref.tolist()
-    uncached = model.generate(x["input_ids"], x["attention_mask"], use_cache=False, **options)
-    assert uncached.tolist() == ours.tolist()
-
-
-def test_generate_scores_match_reference(generation_checkpoint):
-    path = generation_checkpoint(2.5)
-    x = _t(seeded_inputs(tiny_config(), seed=5))
-    opts = dict(num_beams=3, max_new_tokens=8, return_dict_in_generate=True, output_scores=True)
-    with torch.no_grad():
-        ref = _reference("conditional_generation", path, eager=False).generate(
-            x["input_ids"], attention_mask=x["attention_mask"], **opts)
-    ours = bart_torch.BartForConditionalGeneration.from_pretrained(path).generate(
-        x["input_ids"], x["attention_mask"], **opts)
-    assert ours.sequences.tolist() == ref.sequences.tolist()
-    np.testing.assert_allclose(ours.sequences_scores.numpy(), ref.sequences_scores.numpy(), atol=ATOL, rtol=0)
-    assert len(ours.scores) == len(ref.scores)
-    for a, b in zip(ours.scores, ref.scores):
-        finite = torch.isfinite(b)
-        assert torch.equal(torch.isfinite(a), finite)
-        np.testing.assert_allclose(a[finite].numpy(), b[finite].numpy(), atol=ATOL, rtol=0)
-
-
 @pytest.mark.parametrize("config_name", ["relu_scaled", "silu_untied"])
 @pytest.mark.parametrize("head", ["conditional_generation", "sequence_classification", "causal_lm"])
 def test_saved_checkpoint_loads_in_reference(reference_checkpoint, tmp_path, head, config_name):
@@ -246,7 +127,7 @@ def test_saved_checkpoint_loads_in_reference(reference_checkpoint, tmp_path, hea
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = getattr(transformers, HEADS[head]).from_pretrained(str(tmp_path)).eval()  # no re-tying needed
-    inputs = _t(_task_inputs(head, tiny_config(config_name)))
+    inputs = _t(task_inputs(head, tiny_config(config_name)))
     with torch.no_grad():
         key = "logits"
         np.testing.assert_allclose(model(**inputs)[key].numpy(), ref(**inputs)[key].numpy(), atol=ATOL, rtol=0)
