@@ -18,7 +18,7 @@ import bart_flax  # noqa: E402
 from bart_core import GenerationConfig, shift_tokens_right  # noqa: E402
 from bart_core.formats.flax_msgpack import read_flax_msgpack  # noqa: E402
 from bart_flax.modeling import MODEL_CLASSES  # noqa: E402
-from tests.conftest import HEADS, seeded_inputs, tiny_config  # noqa: E402
+from tests.conftest import HEADS, load_reference, seeded_inputs, task_inputs, tiny_config  # noqa: E402
 
 ATOL = 1e-5
 
@@ -28,41 +28,13 @@ def _transformers():
 
 
 def _torch_ref(head, path, eager=False):
-    t = _transformers()
-    kw = {"attn_implementation": "eager"} if eager else {}
-    return getattr(t, HEADS[head]).from_pretrained(path, **kw).eval()
+    return load_reference(head, path, eager=eager)
 
 
 def _torch_out(model, inputs, **kw):
     import torch
     with torch.no_grad():
         return model(**{k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}, **kw)
-
-
-def _inputs(head, config, seed=0):
-    x = seeded_inputs(config, seed=seed)
-    rng = np.random.default_rng(seed + 1)
-    if head == "causal_lm":
-        labels = x["input_ids"].copy()
-        labels[x["attention_mask"] == 0] = -100
-        return {"input_ids": x["input_ids"], "attention_mask": x["attention_mask"], "labels": labels}
-    if head == "conditional_generation":
-        labels = rng.integers(3, config.vocab_size, size=x["decoder_input_ids"].shape)
-        labels[:, -2:] = -100
-        x["labels"] = labels
-    elif head == "sequence_classification":
-        del x["decoder_input_ids"]  # the classifier pools decoder states at the <eos> of input_ids
-        x["labels"] = rng.integers(0, config.num_labels, size=(x["input_ids"].shape[0],))
-    elif head == "question_answering":
-        b, s = x["input_ids"].shape
-        x["start_positions"] = rng.integers(0, s, size=(b,))
-        x["end_positions"] = np.array([s + 5] + [1] * (b - 1))
-    return x
-
-
-FIELDS = {"base": ("last_hidden_state", "encoder_last_hidden_state"), "conditional_generation": ("logits", "loss"),
-          "sequence_classification": ("logits", "loss"), "question_answering": ("start_logits", "end_logits", "loss"),
-          "causal_lm": ("logits", "loss")}
 
 
 @pytest.fixture(scope="module")
@@ -84,32 +56,6 @@ def test_param_tree_matches_reference_flax(head):
     assert flat(ours.params) == flat(shapes)
 
 
-@pytest.mark.parametrize("config_name", ["gelu", "relu_scaled", "unequal"])
-@pytest.mark.parametrize("head", list(HEADS))
-def test_outputs_and_losses_match_reference(reference_checkpoint, head, config_name):
-    path = reference_checkpoint(head, config_name)
-    ours = MODEL_CLASSES[head].from_pretrained(path)
-    x = _inputs(head, ours.config)
-    ref = _torch_out(_torch_ref(head, path), x)
-    out = ours(**x)
-    for field in FIELDS[head]:
-        np.testing.assert_allclose(np.asarray(out[field]), getattr(ref, field).numpy(), atol=ATOL, rtol=0,
-                                   err_msg=field)
-
-
-def test_hidden_states_and_attentions_match_reference(cg, reference_checkpoint):
-    ours, _, path = cg
-    x = _inputs("conditional_generation", ours.config)
-    ref = _torch_out(_torch_ref("conditional_generation", path, eager=True), x, output_hidden_states=True,
-                     output_attentions=True)
-    out = ours(**x, output_hidden_states=True, output_attentions=True)
-    for field in ("encoder_hidden_states", "encoder_attentions", "decoder_hidden_states", "decoder_attentions",
-                  "cross_attentions"):
-        assert len(out[field]) == len(ref[field]), field
-        for a, b in zip(out[field], ref[field]):
-            np.testing.assert_allclose(np.asarray(a), b.numpy(), atol=ATOL, rtol=0, err_msg=field)
-
-
 def test_reads_msgpack_written_by_reference_flax(cg, tmp_path):
     ours, ref, path = cg
     t = _transformers()
@@ -120,7 +66,7 @@ def test_reads_msgpack_written_by_reference_flax(cg, tmp_path):
     for name, arr in state.items():
         np.testing.assert_array_equal(arr, torch_state[name], err_msg=name)
     loaded = bart_flax.BartForConditionalGeneration.from_pretrained(tmp_path)
-    x = _inputs("conditional_generation", loaded.config)
+    x = task_inputs("conditional_generation", loaded.config)
     np.testing.assert_allclose(np.asarray(loaded(**x).logits), _torch_out(ref, x).logits.numpy(), atol=ATOL, rtol=0)
 
 
@@ -129,7 +75,7 @@ def test_written_msgpack_loads_in_reference_flax(cg, tmp_path):
     ours.save_pretrained(tmp_path, flax_model=True)
     t = _transformers()
     ref = t.FlaxBartForConditionalGeneration.from_pretrained(tmp_path)
-    x = _inputs("conditional_generation", ours.config)
+    x = task_inputs("conditional_generation", ours.config)
     del x["labels"]
     ref_logits = ref(**{k: jnp.asarray(v) for k, v in x.items()}).logits
     np.testing.assert_allclose(np.asarray(ours(**x).logits), np.asarray(ref_logits), atol=ATOL, rtol=0)
@@ -148,7 +94,7 @@ def test_saved_safetensors_and_bin_load(cg, reference_checkpoint, tmp_path):
     ours, ref, _ = cg
     ours.save_pretrained(tmp_path)
     t = _transformers()
-    x = _inputs("conditional_generation", ours.config)
+    x = task_inputs("conditional_generation", ours.config)
     back = t.BartForConditionalGeneration.from_pretrained(tmp_path).eval()
     np.testing.assert_allclose(_torch_out(back, x).logits.numpy(), _torch_out(ref, x).logits.numpy(), atol=0, rtol=0)
     binary = reference_checkpoint("conditional_generation", "gelu", safe_serialization=False)
@@ -239,52 +185,6 @@ def test_shift_tokens_right_matches_core():
 
 
 # ============================================================================ generation
-GEN_CASES = {
-    "greedy_processors": dict(max_length=14, min_length=6, no_repeat_ngram_size=2, repetition_penalty=1.3,
-                              forced_bos_token_id=0),
-    "beam4_lp_es_nrs": dict(num_beams=4, max_length=15, length_penalty=2.0, early_stopping=True,
-                            num_return_sequences=2),
-    "beam3_processors": dict(num_beams=3, max_new_tokens=12, no_repeat_ngram_size=2, repetition_penalty=1.3,
-                             min_new_tokens=4, forced_bos_token_id=0),
-    "beam2_never": dict(num_beams=2, max_length=12, early_stopping="never", length_penalty=0.5),
-}
-
-
-@pytest.mark.parametrize("case", list(GEN_CASES))
-def test_generate_matches_reference(cg, case):
-    import torch
-    ours, ref, _ = cg
-    options = GEN_CASES[case]
-    for seed in (0, 1):
-        x = seeded_inputs(ours.config, seed=seed)
-        with torch.no_grad():
-            expected = ref.generate(torch.from_numpy(x["input_ids"]),
-                                    attention_mask=torch.from_numpy(x["attention_mask"]), do_sample=False,
-                                    **options).numpy()
-        got = np.asarray(ours.generate(x["input_ids"], x["attention_mask"], **options))
-        np.testing.assert_array_equal(got, expected)
-
-
-def test_generate_scores_match_reference(cg):
-    import torch
-    ours, ref, _ = cg
-    x = seeded_inputs(ours.config)
-    for options in (dict(max_length=8), dict(num_beams=3, max_length=8, num_return_sequences=2)):
-        with torch.no_grad():
-            r = ref.generate(torch.from_numpy(x["input_ids"]), attention_mask=torch.from_numpy(x["attention_mask"]),
-                             do_sample=False, output_scores=True, return_dict_in_generate=True, **options)
-        o = ours.generate(x["input_ids"], x["attention_mask"], output_scores=True, return_dict_in_generate=True,
-                          **options)
-        np.testing.assert_array_equal(np.asarray(o.sequences), r.sequences.numpy())
-        assert len(o.scores) == len(r.scores)
-        for a, b in zip(o.scores, r.scores):
-            a, b = np.asarray(a), b.numpy()
-            np.testing.assert_array_equal(np.isinf(a), np.isinf(b))
-            np.testing.assert_allclose(np.where(np.isinf(a), 0, a), np.where(np.isinf(b), 0, b), atol=ATOL, rtol=0)
-        if options.get("num_beams", 1) > 1:
-            np.testing.assert_allclose(np.asarray(o.sequences_scores), r.sequences_scores.numpy(), atol=ATOL)
-
-
 def test_generate_under_outer_jit_equals_plain(cg):
     ours, _, _ = cg
     x = seeded_inputs(ours.config)
