@@ -114,7 +114,7 @@ def run(args) -> int:
             ref_dst = os.path.join(work, f"ref-{target}")
             shutil.rmtree(ref_dst, ignore_errors=True)
             code = REFERENCE[target].format(src=src, dst=ref_dst)
-            ref = measure([sys.executable, "-c", code], _env(TF_USE_LEGACY_KERAS="1"))
+            ref = measure([sys.executable, "-c", code], _env(TF_USE_LEGACY_KERAS="1", USE_TF="1"))
             if ref[2] != 0:
                 print(f"reference ({target}) failed:\n{ref[3]}", file=sys.stderr)
                 ref = None

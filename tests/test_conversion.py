@@ -147,7 +147,9 @@ def test_transformers_flax_loads_our_msgpack(ref, format_dirs, tmp_path):
 
 
 TF_REFERENCE_SCRIPT = """
-import sys, numpy as np, transformers
+import os, sys
+os.environ["USE_TF"] = "1"  # other test modules turn transformers' TF classes off in this process tree
+import numpy as np, transformers
 d = np.load(sys.argv[2])
 m = transformers.TFBartForConditionalGeneration.from_pretrained(sys.argv[1])
 out = m(input_ids=d["input_ids"], attention_mask=d["attention_mask"], decoder_input_ids=d["decoder_input_ids"])

@@ -148,6 +148,7 @@ def test_out_of_range_ids_raise_in_eager(generation_pair):
 TF_REFERENCE_SCRIPT = r"""
 import json, os, sys
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ["USE_TF"] = "1"  # other test modules turn transformers' TF classes off in this process tree
 import numpy as np, tensorflow as tf, transformers
 job = json.loads(sys.argv[1])
 ids, mask = np.load(job["ids"]), np.load(job["mask"])
