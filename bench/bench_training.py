@@ -205,7 +205,7 @@ def run_worker(name: str, settings: dict, model: str) -> dict:
 
 def spawn(name: str, mode: str, model: str) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TOKENIZERS_PARALLELISM="false",
-               TF_USE_LEGACY_KERAS="1" if name == "tf-ref" else "0", USE_TF="1")
+               TF_USE_LEGACY_KERAS="1" if name == "tf-ref" else "0", USE_TF="1" if name.startswith("tf") else "0")
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", name, "--mode", mode,
                            "--model-dir", model], env=env, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:

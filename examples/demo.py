@@ -101,7 +101,7 @@ def show(title, sources, outputs):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=90.0, help="training time budget")
+    ap.add_argument("--seconds", type=float, default=120.0, help="training time budget (it stops earlier when solved)")
     ap.add_argument("--out", default=str(ROOT / "out" / "demo"))
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out)
