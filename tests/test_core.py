@@ -304,7 +304,7 @@ def test_bart_core_imports_no_framework():
 
 def test_library_never_imports_transformers():
     offenders = []
-    for pkg in ("bart_core", "bart_torch", "bart_tf", "bart_flax", "conversion"):
+    for pkg in ("bart_core", "bart_torch", "bart_tf", "bart_flax", "conversion", "recipes"):
         for dirpath, _, files in os.walk(ROOT / pkg):
             for f in files:
                 if f.endswith(".py"):
