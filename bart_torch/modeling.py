@@ -85,6 +85,38 @@ def _is_tracing() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
 
 
+def _onednn_ok() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_ONEDNN = _onednn_ok()
+_ONEDNN_MAX_ROWS = 64  # products with at most this many rows (decoding steps)
+_ONEDNN_MIN_WEIGHT = 1 << 23  # or a weight of at least this many elements (an LM head)
+
+
+def linear(module: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``module(x)`` for an ``nn.Linear`` (``bias`` overrides the module's own).
+
+    Inference on float32 CPU tensors with few rows (decoding steps) or a weight too big for the cache (the LM
+    head) goes through oneDNN's matmul: MKL's sgemm, which ``F.linear`` calls, is up to 2x slower there
+    (bench/bench_torch.py). Many-row products of ordinary layers stay on MKL, which is faster for them. The two
+    agree to float32 rounding. Quantized or other modules, autograd and tracing take the plain call."""
+    if type(module) is not nn.Linear:
+        out = module(x)
+        return out if bias is None else out + bias
+    weight = module.weight
+    b = module.bias if bias is None else bias
+    if (_ONEDNN and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and (x.numel() <= _ONEDNN_MAX_ROWS * x.shape[-1] or weight.numel() >= _ONEDNN_MIN_WEIGHT)
+            and not _is_tracing()):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, b, "none", [], "")
+    return F.linear(x, weight, b)
+
+
 def _check_ids(ids: Optional[torch.Tensor], config: BartConfig, name: str, past_length: int = 0) -> None:
     if ids is not None and not _is_tracing():
         check_token_ids(ids.detach().cpu().numpy(), config, name, past_length)
@@ -251,16 +283,16 @@ class BartAttention(nn.Module):
                 cross_kv=None, head_mask: Optional[torch.Tensor] = None, eager: bool = False):
         """hidden: (B, T, D). Returns (out (B, T, D), probs (B, H, T, S) or None, new cache slot or cross kv)."""
         b, t, d = hidden.shape
-        q = self._heads(self.q_proj(hidden))  # (B, H, T, hd)
+        q = self._heads(linear(self.q_proj, hidden))  # (B, H, T, hd)
         state = None
         if kv_states is not None or cross_kv is not None:  # cross-attention: K/V from the encoder, once
             if cross_kv is not None and cross_kv[0] is not None:
                 k, v = cross_kv
             else:
-                k, v = self._heads(self.k_proj(kv_states)), self._heads(self.v_proj(kv_states))  # (B, H, S, hd)
+                k, v = self._heads(linear(self.k_proj, kv_states)), self._heads(linear(self.v_proj, kv_states))  # (B, H, S, hd)
             state = (k, v)
         else:
-            k, v = self._heads(self.k_proj(hidden)), self._heads(self.v_proj(hidden))  # (B, H, T, hd)
+            k, v = self._heads(linear(self.k_proj, hidden)), self._heads(linear(self.v_proj, hidden))  # (B, H, T, hd)
             if cache_slot is not None:
                 k_buf = _cache_write(cache_slot[0], k, past_length)
                 v_buf = _cache_write(cache_slot[1], v, past_length)
@@ -269,7 +301,7 @@ class BartAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         out, probs = attend(q, k, v, bias, is_causal, self.scaling, dropout_p, head_mask, eager)
         out = out.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
-        return self.out_proj(out), probs, state
+        return linear(self.out_proj, out), probs, state
 
 
 # ============================================================================ 4. encoder layer
@@ -292,8 +324,8 @@ class BartEncoderLayer(nn.Module):
         """hidden: (B, S, D), bias: (B, 1, S, S) or None -> ((B, S, D), probs (B, H, S, S) or None)."""
         h, probs, _ = self.self_attn(hidden, bias=bias, head_mask=head_mask, eager=eager)
         hidden = self.self_attn_layer_norm(hidden + F.dropout(h, self.dropout, self.training))
-        h = F.dropout(self.act(self.fc1(hidden)), self.activation_dropout, self.training)
-        hidden = self.final_layer_norm(hidden + F.dropout(self.fc2(h), self.dropout, self.training))
+        h = F.dropout(self.act(linear(self.fc1, hidden)), self.activation_dropout, self.training)
+        hidden = self.final_layer_norm(hidden + F.dropout(linear(self.fc2, h), self.dropout, self.training))
         if hidden.dtype == torch.float16 and not torch.isfinite(hidden).all():
             limit = torch.finfo(hidden.dtype).max - 1000
             hidden = hidden.clamp(-limit, limit)
@@ -329,8 +361,8 @@ class BartDecoderLayer(nn.Module):
             h, cross_probs, cross_kv = self.encoder_attn(hidden, kv_states=encoder_hidden, bias=cross_bias,
                                                          cross_kv=cross_kv, head_mask=cross_head_mask, eager=eager)
             hidden = self.encoder_attn_layer_norm(hidden + F.dropout(h, self.dropout, self.training))
-        h = F.dropout(self.act(self.fc1(hidden)), self.activation_dropout, self.training)
-        hidden = self.final_layer_norm(hidden + F.dropout(self.fc2(h), self.dropout, self.training))
+        h = F.dropout(self.act(linear(self.fc1, hidden)), self.activation_dropout, self.training)
+        hidden = self.final_layer_norm(hidden + F.dropout(linear(self.fc2, h), self.dropout, self.training))
         return hidden, self_probs, cross_probs, slot, cross_kv
 
 
@@ -683,7 +715,7 @@ class BartForConditionalGeneration(BartPreTrainedModel):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., V): tied projection plus ``final_logits_bias``."""
-        return self.lm_head(hidden) + self.final_logits_bias.to(hidden.dtype)
+        return linear(self.lm_head, hidden, self.final_logits_bias[0].to(hidden.dtype))
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
@@ -717,8 +749,8 @@ class BartClassificationHead(nn.Module):
         self.out_proj = nn.Linear(config.d_model, config.num_labels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, num_labels)
-        x = torch.tanh(self.dense(self.dropout(x)))
-        return self.out_proj(self.dropout(x))
+        x = torch.tanh(linear(self.dense, self.dropout(x)))
+        return linear(self.out_proj, self.dropout(x))
 
 
 def _problem_type(config: BartConfig, labels: torch.Tensor) -> str:
@@ -799,7 +831,7 @@ class BartForQuestionAnswering(BartPreTrainedModel):
         out = self.model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, head_mask,
                          decoder_head_mask, cross_attn_head_mask, encoder_outputs, past_key_values, inputs_embeds,
                          decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states)
-        logits = self.qa_outputs(out.last_hidden_state)  # (B, S, 2)
+        logits = linear(self.qa_outputs, out.last_hidden_state)  # (B, S, 2)
         start_logits, end_logits = logits[..., 0].contiguous(), logits[..., 1].contiguous()  # (B, S) each
         loss = None
         if start_positions is not None and end_positions is not None:
@@ -838,7 +870,7 @@ class BartForCausalLM(BartPreTrainedModel):
         self.model.decoder.embed_tokens = emb
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        return linear(self.lm_head, hidden)
 
     def forward(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
@@ -851,7 +883,7 @@ class BartForCausalLM(BartPreTrainedModel):
                                  cross_attn_head_mask=cross_attn_head_mask, past_key_values=past_key_values,
                                  inputs_embeds=inputs_embeds, use_cache=use_cache,
                                  output_attentions=output_attentions, output_hidden_states=output_hidden_states)
-        logits = self.lm_head(out.last_hidden_state)  # (B, T, V)
+        logits = linear(self.lm_head, out.last_hidden_state)  # (B, T, V)
         loss = None
         if labels is not None:  # as the reference: labels are aligned with the logits (no shift), -100 ignored
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))

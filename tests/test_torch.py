@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("USE_TF", "0")
-os.environ.setdefault("USE_FLAX", "0")
 
 import warnings
 
@@ -270,6 +269,28 @@ def test_sdpa_path_equals_eager_path():
         eager = model(**x, output_attentions=True)
     assert fast.decoder_attentions is None and eager.decoder_attentions[0].shape == (3, 8, 7, 7)
     np.testing.assert_allclose(fast.logits.numpy(), eager.logits.numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("rows,out_features", [(1, 96), (16, 96), (4, 9000), (300, 9000)])
+def test_linear_helper_agrees_with_f_linear_and_keeps_autograd(rows, out_features):
+    from bart_torch.modeling import _ONEDNN, linear
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(1024, out_features)
+    x = torch.randn(rows, 1024)
+    want = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    with torch.no_grad():
+        got = linear(layer, x)
+        bias = torch.randn(out_features)
+        got_bias = linear(layer, x, bias)
+    np.testing.assert_allclose(got.numpy(), want.detach().numpy(), atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(got_bias.numpy(), (x @ layer.weight.T + bias).detach().numpy(), atol=2e-5, rtol=1e-5)
+    assert _ONEDNN or not torch.backends.mkldnn.is_available()
+    out = linear(layer, x)  # gradients flow: the plain path
+    out.sum().backward()
+    np.testing.assert_allclose(layer.bias.grad.numpy(), np.full(out_features, rows, np.float32))
+    quant = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear}, torch.qint8)[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(linear(quant, x).numpy(), want.detach().numpy(), atol=0.1, rtol=0)
 
 
 def test_inputs_embeds_equal_input_ids():
