@@ -136,8 +136,12 @@ class BartScaledWordEmbedding(keras.layers.Layer):
     def call(self, ids):  # (B, T) -> (B, T, D)
         return tf.gather(tf.cast(self.embeddings, self.compute_dtype), ids) * self.embed_scale
 
-    def attend(self, hidden):  # (B, T, D) -> (B, T, V)
-        return tf.matmul(hidden, tf.cast(self.embeddings, hidden.dtype), transpose_b=True)
+    def attend(self, hidden):  # (..., D) -> (..., V)
+        # a 2-D product: with a 3-D ``hidden`` (a batched matmul) XLA transposes the whole (V, D) table into a
+        # copy on every call, which costs more than the product itself when decoding one token at a time
+        flat = tf.reshape(hidden, [-1, self.dim])                                       # (N, D)
+        logits = tf.matmul(flat, tf.cast(self.embeddings, hidden.dtype), transpose_b=True)  # (N, V)
+        return tf.reshape(logits, tf.concat([tf.shape(hidden)[:-1], [self.vocab_size]], 0))
 
 
 class BartLearnedPositionalEmbedding(keras.layers.Layer):
