@@ -233,12 +233,21 @@ def beam_search(step_fn: Callable, cache, batch_size, gen: GenerationConfig) -> 
 
 # ============================================================ model entry point
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_STEP_GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> tf.function of one step
 
 
 class GenerationMixin:
     """``generate`` for ``BartForConditionalGeneration``: encoder once, then a decoding loop on the cache."""
 
-    def _generate_core(self, input_ids, attention_mask, gen: GenerationConfig, seed=None) -> dict:
+    def _decode_step(self, tokens, cache, encoder_attention_mask):
+        """tokens (N, 1), cache -> (logits (N, V) float32, cache advanced by one position)."""
+        decoder = self.model.decoder
+        out = decoder(inputs_embeds=decoder.embed_tokens(tokens), encoder_attention_mask=encoder_attention_mask,
+                      past_key_values=cache, use_cache=True)
+        return self.lm_logits(out.last_hidden_state)[:, -1], out.past_key_values
+
+    def _generate_core(self, input_ids, attention_mask, gen: GenerationConfig, seed=None,
+                       run_eagerly: bool = False) -> dict:
         """Pure TensorFlow, static shapes: callable eagerly, under tf.function and under XLA."""
         input_ids = tf.cast(input_ids, tf.int32)
         attention_mask = tf.cast(attention_mask, tf.int32)
@@ -251,10 +260,14 @@ class GenerationMixin:
         decoder = self.model.decoder
         cache = decoder.init_cache(encoder_hidden, gen.total_max_length)
 
+        step = self._decode_step
+        if tf.executing_eagerly() and not run_eagerly:  # the network step as a cached graph, the loop in Python
+            step = _STEP_GRAPHS.get(self)
+            if step is None:
+                step = _STEP_GRAPHS[self] = tf.function(self._decode_step, reduce_retracing=True)
+
         def step_fn(tokens, cache):  # (N, 1) -> logits (N, V) float32
-            out = decoder(inputs_embeds=decoder.embed_tokens(tokens), encoder_attention_mask=attention_mask,
-                          past_key_values=cache, use_cache=True)
-            return self.lm_logits(out.last_hidden_state)[:, -1], out.past_key_values
+            return step(tokens, cache, attention_mask)
 
         if gen.num_beams > 1:
             return beam_search(step_fn, cache, tf.shape(input_ids)[0], gen)
@@ -269,13 +282,17 @@ class GenerationMixin:
                                          jit_compile=jit_compile)
         return functions[key]
 
-    def generate(self, input_ids, attention_mask=None, jit_compile: bool | None = None, **options):
+    def generate(self, input_ids, attention_mask=None, jit_compile: bool | None = None, run_eagerly: bool = False,
+                 **options):
         """Generate ids ``(B * num_return_sequences, L)`` starting with the decoder start token.
 
         Options are ``bart_core.generation.GenerationConfig`` fields (defaults from the model config).
         ``jit_compile=True`` compiles the whole loop with XLA (one compilation per option set and input shape);
-        ``jit_compile=False`` runs it as a TensorFlow graph; ``None`` (default) runs eagerly op by op. Called
-        inside a ``tf.function``, it traces into the caller and returns the uncropped ``max_length`` columns.
+        ``jit_compile=False`` runs the whole loop as a TensorFlow graph; ``None`` (default) runs the loop eagerly
+        in Python with the network step (decoder + LM head) as a graph traced once per model and shape, no XLA;
+        add ``run_eagerly=True`` to run every op eagerly (debugging: breakpoints and prints inside the network).
+        Called inside a ``tf.function``, it traces into the caller and returns the uncropped ``max_length``
+        columns.
         """
         gen = GenerationConfig.from_model_config(self.config, **options)
         if gen.total_max_length > self.config.max_position_embeddings:
@@ -297,7 +314,7 @@ class GenerationMixin:
             out = self._compiled_generate(gen.replace(seed=None), bool(jit_compile))(input_ids, attention_mask,
                                                                                      seed)
         else:
-            out = self._generate_core(input_ids, attention_mask, gen, seed)
+            out = self._generate_core(input_ids, attention_mask, gen, seed, run_eagerly=run_eagerly)
         sequences, scores = out["sequences"], out["scores"]
         if eager:
             length = int(out["length"])

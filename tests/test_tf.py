@@ -84,6 +84,9 @@ def test_xla_generate_equals_eager(small_model, case):
     xla = ours.generate(inputs["input_ids"], inputs["attention_mask"], jit_compile=True,
                         **XLA_CASES[case]).numpy()
     np.testing.assert_array_equal(xla, eager)
+    for mode in (dict(run_eagerly=True), dict(jit_compile=False)):  # op by op; the whole loop as a graph
+        other = ours.generate(inputs["input_ids"], inputs["attention_mask"], **mode, **XLA_CASES[case]).numpy()
+        np.testing.assert_array_equal(other, eager)
     # a user's own tf.function(jit_compile=True) gets the uncropped buffer; its prefix is the same result
     fn = tf.function(lambda ids, mask: ours.generate(ids, mask, **XLA_CASES[case]), jit_compile=True)
     padded = fn(tf.constant(inputs["input_ids"]), tf.constant(inputs["attention_mask"])).numpy()
