@@ -96,6 +96,30 @@ def test_generate_matches_reference(backend, reference_checkpoint, case, eos_bia
     assert ours.shape == ref.shape and ours.tolist() == ref.tolist()
 
 
+CAUSAL_LM_CASES = {
+    "greedy": dict(max_new_tokens=8),
+    "beam3": dict(max_new_tokens=8, num_beams=3),
+    "greedy_min_len_ngram": dict(max_length=10, min_length=9, no_repeat_ngram_size=2),
+    "beam4_lp05_return2_rep": dict(max_new_tokens=7, num_beams=4, length_penalty=0.5, num_return_sequences=2,
+                                   repetition_penalty=1.3),
+}
+
+
+@pytest.mark.parametrize("case", list(CAUSAL_LM_CASES))
+def test_causal_lm_generate_matches_reference(backend, reference_checkpoint, case):
+    """Prompt continuation with the decoder-only head: the prompt is kept and continued as the reference does."""
+    import torch
+    options = CAUSAL_LM_CASES[case]
+    path = reference_checkpoint("causal_lm", "gelu", seed=1, init_std=0.3)
+    prompt = np.array([[0, 5, 9, 11], [0, 7, 8, 12]], np.int64)
+    with torch.no_grad():
+        ref = _reference("causal_lm", path, eager=False).generate(torch.from_numpy(prompt), **options).numpy()
+    model = backend.from_pretrained("BartForCausalLM", path)
+    ours = np.asarray(backend.generate(model, prompt, None, **options))
+    assert ours.shape == ref.shape and ours.tolist() == ref.tolist()
+    assert np.array_equal(ours[:, :prompt.shape[1]], np.repeat(prompt, ours.shape[0] // prompt.shape[0], axis=0))
+
+
 def test_generate_scores_match_reference(backend, reference_checkpoint):
     path = _generation_checkpoint(reference_checkpoint, 2.5)
     x = seeded_inputs(tiny_config(), seed=5)
