@@ -337,7 +337,8 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
         enc_hidden = enc_mask = None
     else:
         if encoder_outputs is None:
-            encoder_outputs = model.model.encoder(input_ids=input_ids, attention_mask=attention_mask)
+            encoder_outputs = model.model.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                                  skip_padding=True)  # pads are masked in cross-attention
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0] if isinstance(
                 encoder_outputs, (tuple, list)) else encoder_outputs)

@@ -239,8 +239,16 @@ def _cache_write(buf: torch.Tensor, new: torch.Tensor, index: int) -> torch.Tens
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor], is_causal: bool,
-           scaling: float, dropout_p: float, head_mask: Optional[torch.Tensor], eager: bool):
-    """q: (B, H, T, hd), k/v: (B, H, S, hd), bias: (B|1, 1, T|1, S) additive -> ((B, H, T, hd), probs or None)."""
+           scaling: float, dropout_p: float, head_mask: Optional[torch.Tensor], eager: bool,
+           segments: Optional[list] = None):
+    """q: (B, H, T, hd), k/v: (B, H, S, hd), bias: (B|1, 1, T|1, S) additive -> ((B, H, T, hd), probs or None).
+
+    ``segments`` (packed self-attention, see ``BartEncoder``): ``B == 1`` and the ``T == S`` tokens are runs of
+    these lengths, each attending only within itself (the same numbers as a padded batch with a padding mask)."""
+    if segments is not None:
+        parts = [F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p, scale=scaling)  # (1, H, n, hd)
+                 for qs, ks, vs in zip(q.split(segments, 2), k.split(segments, 2), v.split(segments, 2))]
+        return torch.cat(parts, dim=2), None
     if not eager and head_mask is None:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=is_causal,
                                              scale=scaling)
@@ -280,7 +288,8 @@ class BartAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, kv_states: Optional[torch.Tensor] = None,
                 bias: Optional[torch.Tensor] = None, is_causal: bool = False, cache_slot=None, past_length: int = 0,
-                cross_kv=None, head_mask: Optional[torch.Tensor] = None, eager: bool = False):
+                cross_kv=None, head_mask: Optional[torch.Tensor] = None, eager: bool = False,
+                segments: Optional[list] = None):
         """hidden: (B, T, D). Returns (out (B, T, D), probs (B, H, T, S) or None, new cache slot or cross kv)."""
         b, t, d = hidden.shape
         q = self._heads(linear(self.q_proj, hidden))  # (B, H, T, hd)
@@ -299,7 +308,7 @@ class BartAttention(nn.Module):
                 state = (k_buf, v_buf)
                 k, v = k_buf[:, :, :past_length + t], v_buf[:, :, :past_length + t]  # (B, H, P+T, hd)
         dropout_p = self.dropout if self.training else 0.0
-        out, probs = attend(q, k, v, bias, is_causal, self.scaling, dropout_p, head_mask, eager)
+        out, probs = attend(q, k, v, bias, is_causal, self.scaling, dropout_p, head_mask, eager, segments)
         out = out.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
         return linear(self.out_proj, out), probs, state
 
@@ -320,9 +329,10 @@ class BartEncoderLayer(nn.Module):
         self.dropout, self.activation_dropout = config.dropout, config.activation_dropout
 
     def forward(self, hidden: torch.Tensor, bias: Optional[torch.Tensor], head_mask: Optional[torch.Tensor] = None,
-                eager: bool = False):
-        """hidden: (B, S, D), bias: (B, 1, S, S) or None -> ((B, S, D), probs (B, H, S, S) or None)."""
-        h, probs, _ = self.self_attn(hidden, bias=bias, head_mask=head_mask, eager=eager)
+                eager: bool = False, segments: Optional[list] = None):
+        """hidden: (B, S, D), bias: (B, 1, S, S) or None -> ((B, S, D), probs (B, H, S, S) or None).
+        Packed: hidden (1, N, D) and ``segments`` the row lengths summing to N (no bias)."""
+        h, probs, _ = self.self_attn(hidden, bias=bias, head_mask=head_mask, eager=eager, segments=segments)
         hidden = self.self_attn_layer_norm(hidden + F.dropout(h, self.dropout, self.training))
         h = F.dropout(self.act(linear(self.fc1, hidden)), self.activation_dropout, self.training)
         hidden = self.final_layer_norm(hidden + F.dropout(linear(self.fc2, h), self.dropout, self.training))
@@ -393,7 +403,14 @@ class BartEncoder(_GradientCheckpointing):
         self.layernorm_embedding = nn.LayerNorm(config.d_model)
 
     def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None,
-                output_attentions: bool = False, output_hidden_states: bool = False, **_) -> BaseModelOutput:
+                output_attentions: bool = False, output_hidden_states: bool = False, skip_padding: bool = False,
+                **_) -> BaseModelOutput:
+        """``skip_padding=True`` is for callers that never read padded positions (``generate``: the decoder's
+        cross-attention masks them): the non-padded tokens of all rows are packed into one ``(1, N, D)`` sequence
+        for every token-wise product (projections, feed-forward, layer norms), attention runs row by row on each
+        row's own tokens, and the padded positions of the output are zeros. Non-padded positions get the same
+        numbers as the padded computation (to float32 rounding) for less work; it applies in inference only, without
+        attention maps, hidden states or head masks, and only when every row has at least one token."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds to the encoder")
         if inputs_embeds is None:
@@ -411,6 +428,15 @@ class BartEncoder(_GradientCheckpointing):
         bias = None  # sdpa gets no mask when nothing is padded; the eager path always gets one
         if attention_mask is not None and (eager or not _all_true(attention_mask)):
             bias = attention_bias(make_padding_mask(attention_mask), hidden.dtype).expand(b, 1, s, s)
+        keep = segments = None  # packed layout: keep (B, S) bool, segments = tokens per row
+        if (skip_padding and bias is not None and not eager and not output_hidden_states and not self.training
+                and not _is_tracing()):
+            keep = attention_mask.bool()
+            segments = keep.sum(1).tolist()
+            if min(segments) > 0:
+                padded, hidden, bias = hidden, hidden[keep][None], None  # (B, S, D) -> (1, N, D)
+            else:
+                keep = segments = None
         states, attentions = [], []
         for i, layer in enumerate(self.layers):
             if output_hidden_states:
@@ -418,8 +444,11 @@ class BartEncoder(_GradientCheckpointing):
             if self.training and self.config.encoder_layerdrop > 0 and torch.rand([]) < self.config.encoder_layerdrop:
                 attentions.append(None)
                 continue
-            hidden, probs = self._run_layer(layer, hidden, bias, None if head_mask is None else head_mask[i], eager)
+            hidden, probs = self._run_layer(layer, hidden, bias, None if head_mask is None else head_mask[i], eager,
+                                            segments)
             attentions.append(probs)
+        if keep is not None:  # (1, N, D) -> (B, S, D), zeros where padded
+            hidden = padded.new_zeros(padded.shape).masked_scatter_(keep[..., None], hidden)
         if output_hidden_states:
             states.append(hidden)
         return BaseModelOutput(last_hidden_state=hidden, hidden_states=tuple(states) if output_hidden_states else None,

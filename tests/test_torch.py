@@ -271,6 +271,27 @@ def test_sdpa_path_equals_eager_path():
     np.testing.assert_allclose(fast.logits.numpy(), eager.logits.numpy(), atol=1e-5, rtol=0)
 
 
+def test_encoder_skip_padding_equals_padded_encoder_on_real_tokens():
+    """The packed encoder (generate's shortcut) gives the padded encoder's numbers wherever the mask is 1, zeros
+    elsewhere, also for a mask with a hole and left padding; a fully padded row falls back to the padded path."""
+    c = tiny_config()
+    model = _model("BartForConditionalGeneration", c).eval()
+    x = _t(seeded_inputs(c, batch=4, src_len=11))
+    mask = x["attention_mask"].clone()
+    mask[3, :3] = 0  # left padding
+    mask[0, 5] = 0  # a hole
+    enc = model.model.encoder
+    with torch.no_grad():
+        full = enc(input_ids=x["input_ids"], attention_mask=mask).last_hidden_state
+        packed = enc(input_ids=x["input_ids"], attention_mask=mask, skip_padding=True).last_hidden_state
+        keep = mask.bool()
+        assert torch.allclose(packed[keep], full[keep], atol=1e-5, rtol=0)
+        assert float(full[~keep].abs().min()) > 0 and bool((packed[~keep] == 0).all())
+        mask[2] = 0  # a row with no token: same output as the padded path
+        assert torch.equal(enc(input_ids=x["input_ids"], attention_mask=mask, skip_padding=True).last_hidden_state,
+                           enc(input_ids=x["input_ids"], attention_mask=mask).last_hidden_state)
+
+
 @pytest.mark.parametrize("rows,out_features", [(1, 96), (16, 96), (4, 9000), (300, 9000)])
 def test_linear_helper_agrees_with_f_linear_and_keeps_autograd(rows, out_features):
     from bart_torch.modeling import _ONEDNN, linear
