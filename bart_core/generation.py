@@ -112,3 +112,26 @@ class GenerationConfig:
 
     def replace(self, **changes: Any) -> "GenerationConfig":
         return dataclasses.replace(self, **changes)
+
+
+REFERENCE_DEFAULT_MAX_LENGTH = 20  # the reference's global default max_length
+
+
+def resolve_lengths(gen: GenerationConfig, prompt: int, max_length_given: bool,
+                    max_positions: int) -> GenerationConfig:
+    """``gen`` with ``max_length`` / ``min_length`` as totals over the decoder sequence, whose first ``prompt``
+    tokens are given (1 for an encoder-decoder: the start token; the prompt length for ``BartForCausalLM``), and
+    ``max_new_tokens`` / ``min_new_tokens`` folded in (set to None). As the reference, a ``max_length`` that the
+    caller did not give (``max_length_given`` False) and that is still the global default of 20 means 20 new
+    tokens after the prompt, capped at ``max_positions``. Raises ValueError when no token fits or the sequence
+    needs more decoder positions than ``max_positions`` (the last token is never fed back)."""
+    max_length = gen.max_length if gen.max_new_tokens is None else prompt + gen.max_new_tokens
+    if not max_length_given and gen.max_new_tokens is None and gen.max_length == REFERENCE_DEFAULT_MAX_LENGTH:
+        max_length = min(REFERENCE_DEFAULT_MAX_LENGTH + prompt, max_positions)
+    min_length = gen.min_length if gen.min_new_tokens is None else prompt + gen.min_new_tokens
+    if max_length <= prompt:
+        raise ValueError(f"max_length={max_length} leaves no room after the {prompt} prompt tokens")
+    if max_length - 1 > max_positions:
+        raise ValueError(f"max_length={max_length} needs {max_length - 1} decoder positions, more than "
+                         f"max_position_embeddings={max_positions}")
+    return gen.replace(max_length=max_length, max_new_tokens=None, min_length=min_length, min_new_tokens=None)

@@ -1,11 +1,18 @@
 """Decoding as one compiled program: greedy, sampling and beam search in ``lax.while_loop``.
 
-Decoding knows the network only through ``step(tokens (N, 1), cache) -> (logits (N, V) float32, cache)`` and,
-for beam search, ``reorder(cache, index (N,)) -> cache``. Options are ``bart_core.GenerationConfig``; length
-conventions and the processor order are written there. Beam search follows the vectorised reference algorithm
-of transformers 4.57.6 (keep 2 * num_beams candidates, the best non-finished num_beams continue, only the top
-num_beams may finish, finished hypotheses ranked by sum log-prob / generated_length ** length_penalty, the
-early-stopping heuristic), so tokens are identical to the reference.
+Both generating heads use the same loops, which start from a sequence ``start (N, L0)``: the decoder start token
+(``BartForConditionalGeneration``, L0 = 1, after one encoder pass) or the prompt (``BartForCausalLM``, repeated
+per beam / returned sequence; its first L0 - 1 tokens prefill the cache in one decoder pass, and the loop's
+first step feeds the last prompt token). ``max_length`` and ``min_length`` count the prompt, ``max_new_tokens``
+and ``min_new_tokens`` do not; as the reference, a decoder-only ``max_length`` left at its default of 20 means
+20 new tokens.
+
+Decoding knows the network only through ``step(tokens (N, t), cache) -> (logits (N, V) float32, cache)``
+(t = 1 in the loops, L0 - 1 for the prefill) and, for beam search, ``reorder(cache, index (N,)) -> cache``.
+Options are ``bart_core.GenerationConfig``; length conventions and the processor order are written there. Beam
+search follows the vectorised reference algorithm of transformers 4.57.6 (keep 2 * num_beams candidates, the best
+non-finished num_beams continue, only the top num_beams may finish, finished hypotheses ranked by sum log-prob /
+generated_length ** length_penalty, the early-stopping heuristic), so tokens are identical to the reference.
 
 Static shapes: the sequence buffer is ``(N, max_length)`` filled with ``pad_token_id``; the program returns it
 with the final length. ``generate`` called eagerly cuts the buffer to that length; under an outer ``jax.jit``
@@ -23,6 +30,7 @@ import numpy as np
 from jax import lax
 
 from bart_core import GenerationConfig, check_token_ids
+from bart_core.generation import resolve_lengths
 from bart_core.outputs import GenerateOutput
 
 NEG_INF = -jnp.inf
@@ -95,11 +103,12 @@ def warp_for_sampling(scores, gen: GenerationConfig):
 
 
 # ============================================================================ greedy and sampling
-def sample_loop(step: Callable, cache, num: int, gen: GenerationConfig, key, output_scores: bool, vocab: int):
-    """Greedy (arg-max) or sampling over N = num sequences. Returns (seqs (N, L), length, scores or None)."""
-    length = gen.total_max_length
-    seqs = jnp.full((num, length), gen.pad_token_id, jnp.int32).at[:, 0].set(gen.decoder_start_token_id)
-    scores_buf = jnp.zeros((length - 1, num, vocab), jnp.float32) if output_scores else None
+def sample_loop(step: Callable, cache, start, gen: GenerationConfig, key, output_scores: bool, vocab: int):
+    """Greedy (arg-max) or sampling continuing start (N, L0); the cache holds positions 0..L0-2.
+    Returns (seqs (N, L), length, scores (L - L0, N, V) or None)."""
+    (num, prompt), length = start.shape, gen.total_max_length
+    seqs = jnp.full((num, length), gen.pad_token_id, jnp.int32).at[:, :prompt].set(start)  # (N, L)
+    scores_buf = jnp.zeros((length - prompt, num, vocab), jnp.float32) if output_scores else None
     eos = gen.eos_token_id
 
     def cond(state):
@@ -121,10 +130,10 @@ def sample_loop(step: Callable, cache, num: int, gen: GenerationConfig, key, out
         if eos is not None:
             unfinished = unfinished & (nxt != eos)
         if scores_buf is not None:
-            scores_buf = lax.dynamic_update_slice(scores_buf, scores[None], (cur_len - 1, 0, 0))
+            scores_buf = lax.dynamic_update_slice(scores_buf, scores[None], (cur_len - prompt, 0, 0))
         return cur_len + 1, seqs, unfinished, cache, key, scores_buf
 
-    state = (jnp.int32(1), seqs, jnp.ones((num,), bool), cache, key, scores_buf)
+    state = (jnp.int32(prompt), seqs, jnp.ones((num,), bool), cache, key, scores_buf)
     cur_len, seqs, _, _, _, scores_buf = lax.while_loop(cond, body, state)
     return seqs, cur_len, scores_buf
 
@@ -135,12 +144,15 @@ def _gather(x, idx):
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def beam_search(step: Callable, reorder: Callable, cache, batch: int, gen: GenerationConfig,
+def beam_search(step: Callable, reorder: Callable, cache, start, gen: GenerationConfig,
                 output_scores: bool, vocab: int):
-    """Returns (seqs (B * num_return_sequences, L), length, scores or None, sequence scores (B * nrs,))."""
+    """Beams continuing start (B * num_beams, L0), beams of one input adjacent; the cache holds positions
+    0..L0-2. Returns (seqs (B * num_return_sequences, L), length, scores (steps, B * nb, V) or None,
+    sequence scores (B * nrs,), final cur_len)."""
     nb, length, lp, es = gen.num_beams, gen.total_max_length, gen.length_penalty, gen.early_stopping
     keep = 2 * nb                                                              # one eos token id: (1 + 1) * nb
-    prompt = 1
+    prompt = start.shape[1]
+    batch = start.shape[0] // nb
     eos = -1 if gen.eos_token_id is None else gen.eos_token_id
     fill = gen.pad_token_id if gen.pad_token_id else (gen.eos_token_id if gen.eos_token_id is not None else -1)
     # python float n ** lp rounded to float32, as the reference divides float32 scores by a python scalar
@@ -148,7 +160,8 @@ def beam_search(step: Callable, reorder: Callable, cache, batch: int, gen: Gener
     top_mask = jnp.arange(keep) < nb                                           # (2nb,)
     batch_offset = (jnp.arange(batch) * nb)[:, None]                           # (B, 1)
 
-    running = jnp.full((batch, nb, length), fill, jnp.int32).at[:, :, 0].set(gen.decoder_start_token_id)
+    running = jnp.full((batch, nb, length), fill, jnp.int32).at[:, :, :prompt].set(
+        start.reshape(batch, nb, prompt))                                      # (B, nb, L)
     state = dict(
         cur_len=jnp.int32(prompt), running=running,
         running_scores=jnp.zeros((batch, nb), jnp.float32).at[:, 1:].set(BEAM_FILL),
@@ -156,7 +169,7 @@ def beam_search(step: Callable, reorder: Callable, cache, batch: int, gen: Gener
         lengths=jnp.full((batch, nb), prompt, jnp.int32), finished=jnp.zeros((batch, nb), bool),
         heuristic=jnp.ones((batch, 1), bool), hits=jnp.zeros((batch, keep), bool), done=jnp.array(False),
         cache=cache,
-        scores=jnp.zeros((length - 1, batch * nb, vocab), jnp.float32) if output_scores else None)
+        scores=jnp.zeros((length - prompt, batch * nb, vocab), jnp.float32) if output_scores else None)
 
     def cond(s):
         return ~s["done"]
@@ -169,7 +182,7 @@ def beam_search(step: Callable, reorder: Callable, cache, batch: int, gen: Gener
         log_probs = process_scores(jax.nn.log_softmax(logits, axis=-1), flat, cur_len, gen)
         scores_buf = s["scores"]
         if scores_buf is not None:
-            scores_buf = lax.dynamic_update_slice(scores_buf, log_probs[None], (cur_len - 1, 0, 0))
+            scores_buf = lax.dynamic_update_slice(scores_buf, log_probs[None], (cur_len - prompt, 0, 0))
         acc = (log_probs.reshape(batch, nb, vocab) + s["running_scores"][:, :, None]).reshape(batch, nb * vocab)
 
         # c. top 2*nb continuations among all beams
@@ -221,30 +234,53 @@ def beam_search(step: Callable, reorder: Callable, cache, batch: int, gen: Gener
 
 
 # ============================================================================ the compiled program
-def _program(model, gen: GenerationConfig, params, input_ids, attention_mask, key):
-    """Encode once, precompute cross-attention keys/values, run the decoding loop; all inside one jit."""
-    module, config = model.module, model.config
-    batch = input_ids.shape[0]
+def _seq2seq_start(model, gen: GenerationConfig, params, input_ids, attention_mask, group: int):
+    """Encode once, precompute cross-attention keys/values. Returns (start (N, 1), cache, decoder)."""
+    module = model.module
     enc = module.apply({"params": params}, input_ids, attention_mask, method="encode", deterministic=True)
-    group = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences
-    num = batch * group                                                        # hypotheses; they share enc rows
+    num = input_ids.shape[0] * group                                           # hypotheses; they share enc rows
+    start = jnp.full((num, 1), gen.decoder_start_token_id, jnp.int32)
     cache = model.init_cache(num, gen.total_max_length - 1, enc.last_hidden_state, params=params)
-    vocab = config.vocab_size
+
+    def decoder(tokens, cache):
+        return module.apply({"params": params}, tokens, None, attention_mask, cache=cache, method="decode",
+                            deterministic=True)
+    return start, cache, decoder
+
+
+def _causal_start(model, gen: GenerationConfig, params, input_ids, attention_mask, group: int):
+    """The prompt repeated per hypothesis, no encoder. Returns (start (N, L0), empty cache, decoder)."""
+    start = jnp.repeat(input_ids, group, axis=0)                               # (N, L0)
+    cache = model.init_cache(start.shape[0], gen.total_max_length - 1)
+
+    def decoder(tokens, cache):
+        return model.module.apply({"params": params}, tokens, cache=cache, deterministic=True)
+    return start, cache, decoder
+
+
+def _program(model, gen: GenerationConfig, params, input_ids, attention_mask, key):
+    """Prepare the start sequence and cache, prefill the cache with start[:, :-1], run the decoding loop; all
+    inside one jit."""
+    group = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences
+    prepare = _causal_start if model.head == "causal_lm" else _seq2seq_start
+    start, cache, decoder = prepare(model, gen, params, input_ids, attention_mask, group)
+    vocab = model.config.vocab_size
 
     def step(tokens, cache):
-        dec, logits = module.apply({"params": params}, tokens, None, attention_mask, cache=cache, method="decode",
-                                   deterministic=True)
+        dec, logits = decoder(tokens, cache)                                   # logits (N, t, V)
         return logits[:, -1].astype(jnp.float32), dec.past_key_values
 
+    if start.shape[1] > 1:
+        cache = step(start[:, :-1], cache)[1]                                  # prompt positions 0..L0-2
     out = {}
     if gen.num_beams > 1:
         from bart_flax.modeling import reorder_cache
-        seqs, length, scores, seq_scores, cur_len = beam_search(step, reorder_cache, cache, batch, gen,
+        seqs, length, scores, seq_scores, cur_len = beam_search(step, reorder_cache, cache, start, gen,
                                                                 gen.output_scores, vocab)
-        out.update(sequences_scores=seq_scores, steps=cur_len - 1)
+        out.update(sequences_scores=seq_scores, steps=cur_len - start.shape[1])
     else:
-        seqs, length, scores = sample_loop(step, cache, num, gen, key, gen.output_scores, vocab)
-        out["steps"] = length - 1
+        seqs, length, scores = sample_loop(step, cache, start, gen, key, gen.output_scores, vocab)
+        out["steps"] = length - start.shape[1]
     out.update(sequences=seqs, length=length, scores=scores)
     return out
 
@@ -257,15 +293,34 @@ def _compiled(model, gen: GenerationConfig):
     return fn
 
 
+def _check_unpadded(input_ids, attention_mask, gen: GenerationConfig):
+    """Decoder-only prompts are continued from their last token, so padding is refused (eager values only).
+    As the reference, without a mask a prompt holding pad_token_id (distinct from eos) counts as padded."""
+    if attention_mask is not None and isinstance(attention_mask, jax.core.Tracer):
+        return
+    if attention_mask is None:
+        pad = gen.pad_token_id
+        padded = pad is not None and pad != gen.eos_token_id and bool((np.asarray(input_ids) == pad).any())
+    else:
+        padded = not bool(np.asarray(attention_mask).astype(bool).all())
+    if padded:
+        raise ValueError("BartForCausalLM.generate does not support padded prompts (attention_mask has zeros, or "
+                         f"the prompt contains pad_token_id={gen.pad_token_id}); pass prompts of equal length "
+                         "without padding")
+
+
 def generate(model, input_ids, attention_mask=None, params=None, prng_key=None, **options):
-    """See ``BartForConditionalGeneration.generate``."""
+    """See ``BartForConditionalGeneration.generate`` and ``BartForCausalLM.generate``."""
     gen = GenerationConfig.from_model_config(model.config, **options)
+    causal = model.head == "causal_lm"
     eager = not isinstance(input_ids, jax.core.Tracer)
     if eager:
         check_token_ids(np.asarray(input_ids), model.config, "input_ids")
-    if gen.total_max_length - 1 > model.config.max_position_embeddings:
-        raise ValueError(f"max_length {gen.total_max_length} needs {gen.total_max_length - 1} decoder positions; "
-                         f"the model has max_position_embeddings={model.config.max_position_embeddings}")
+        if causal:
+            _check_unpadded(input_ids, attention_mask, gen)
+    prompt = jnp.shape(input_ids)[1] if causal else 1
+    gen = resolve_lengths(gen, prompt, options.get("max_length") is not None,
+                          model.config.max_position_embeddings)
     input_ids = jnp.asarray(input_ids, jnp.int32)
     attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
     if prng_key is None:

@@ -958,6 +958,18 @@ class BartForCausalLM(BartPreTrainedModel):
                                                  hidden_states=out.hidden_states, attentions=out.attentions,
                                                  cross_attentions=out.cross_attentions)
 
+    def generate(self, input_ids, attention_mask=None, params=None, prng_key=None, **options):
+        """Continue the prompts ``input_ids`` (B, L0) with the options of ``bart_core.GenerationConfig``, as one
+        compiled ``jax.jit`` program (prompt prefilled into the cache, then the loops of the seq2seq head).
+        Returns ids (B * num_return_sequences, L) starting with the prompt, or ``GenerateOutput`` with
+        ``return_dict_in_generate=True``. ``max_length`` counts the prompt, ``max_new_tokens`` does not; neither
+        given (``max_length`` at its default 20) means 20 new tokens, as the reference. Padded prompts
+        (``attention_mask`` with zeros) raise ``ValueError``; under an outer ``jax.jit`` the mask cannot be
+        checked and is not used. Eager calls cut sequences after the last generated token; under ``jax.jit``
+        they keep the full length padded with ``pad_token_id``."""
+        from bart_flax.generation import generate
+        return generate(self, input_ids, attention_mask, params=params, prng_key=prng_key, **options)
+
 
 MODEL_CLASSES = {cls.head: cls for cls in (BartModel, BartForConditionalGeneration, BartForSequenceClassification,
                                             BartForQuestionAnswering, BartForCausalLM)}

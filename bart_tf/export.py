@@ -13,7 +13,7 @@ import os
 
 import tensorflow as tf
 
-from bart_core.generation import GenerationConfig
+from bart_core.generation import GenerationConfig, resolve_lengths
 
 
 class GenerateModule(tf.Module):
@@ -39,7 +39,11 @@ class GenerateModule(tf.Module):
 
 def export_generate(model, path: str | os.PathLike, jit_compile: bool = False, **options) -> str:
     """Write a SavedModel at ``path`` whose ``serving_default`` signature runs ``model.generate(**options)``."""
-    gen = GenerationConfig.from_model_config(model.config, **options)
+    if model.head == "causal_lm":
+        raise NotImplementedError("export_generate supports BartForConditionalGeneration; BartForCausalLM.generate "
+                                  "needs a static prompt length, which the exported signature does not fix")
+    gen = resolve_lengths(GenerationConfig.from_model_config(model.config, **options), 1,
+                          options.get("max_length") is not None, model.config.max_position_embeddings)
     module = GenerateModule(model, gen, jit_compile)
     path = os.fspath(path)
     tf.saved_model.save(module, path, signatures={"serving_default": module.generate})

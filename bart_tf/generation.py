@@ -1,6 +1,9 @@
 """Decoding for the TensorFlow backend: greedy, sampling and beam search over a step function.
 
-The loops know nothing of the network beyond ``step_fn(tokens (N, 1), cache) -> (logits (N, V) float32, cache)``.
+The loops know nothing of the network beyond ``step_fn(tokens (N, T), state) -> (logits (N, V) float32, state)``
+(logits of the last position; ``state`` the self-attention cache). They continue a ``start`` sequence ``(N, L0)``:
+the decoder start token for the encoder-decoder, the prompt for the decoder-only model, whose first ``L0 - 1``
+tokens are already in the cache; ``max_length`` and ``min_length`` count the whole sequence, start included.
 Every shape is static (sequences live in a preallocated ``(N, max_length)`` buffer, the KV cache is preallocated,
 the loop is a ``tf.while_loop``), so the same code runs eagerly and inside ``tf.function(jit_compile=True)``.
 Options and their semantics are ``bart_core.generation.GenerationConfig``; the beam search follows the
@@ -19,7 +22,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from bart_core.generation import GenerationConfig
+from bart_core.generation import GenerationConfig, resolve_lengths
 from bart_core.outputs import GenerateOutput
 
 NEG_INF = float("-inf")
@@ -92,9 +95,17 @@ def warp_for_sampling(scores, gen: GenerationConfig, min_tokens_to_keep: int = 1
 
 
 # ============================================================ loops
-def _initial_sequences(n, max_length: int, gen: GenerationConfig):
-    start = tf.fill([n, 1], gen.decoder_start_token_id)
-    return tf.concat([start, tf.fill([n, max_length - 1], gen.pad_token_id)], axis=1)       # (N, L)
+def _initial_sequences(start, max_length: int, gen: GenerationConfig):
+    """(N, L0) -> (N, max_length): the start sequence, then padding."""
+    fill = tf.fill([tf.shape(start)[0], max_length - start.shape[1]], gen.pad_token_id)
+    return tf.concat([start, fill], axis=1)                                                  # (N, L)
+
+
+def _prompt_length(start) -> int:
+    if start.shape[1] is None:
+        raise ValueError("generate needs a start sequence of static length (the sequence buffer and the KV cache "
+                         "are preallocated); trace with a fixed prompt length")
+    return start.shape[1]
 
 
 def _column(seqs, cur_len):  # (N, L) -> (N, 1): the token at position cur_len - 1
@@ -106,12 +117,12 @@ def _write_column(seqs, cur_len, tokens):  # seqs (..., L), tokens (...) -> seqs
     return tf.where(at, tokens[..., None], seqs)
 
 
-def sample_search(step_fn: Callable, cache, batch_size, gen: GenerationConfig, seed=None) -> dict:
-    """Greedy (``do_sample=False``) or multinomial sampling. batch_size N rows, already expanded."""
-    max_length = gen.total_max_length
-    seqs = _initial_sequences(batch_size, max_length, gen)
-    unfinished = tf.ones([batch_size], tf.bool)
-    scores_ta = tf.TensorArray(tf.float32, size=max_length - 1, element_shape=None)
+def sample_search(step_fn: Callable, cache, start, gen: GenerationConfig, seed=None) -> dict:
+    """Greedy (``do_sample=False``) or multinomial sampling. start (N, L0): N rows, already expanded."""
+    max_length, prompt = gen.total_max_length, _prompt_length(start)
+    seqs = _initial_sequences(start, max_length, gen)                                       # (N, L)
+    unfinished = tf.ones([tf.shape(start)[0]], tf.bool)
+    scores_ta = tf.TensorArray(tf.float32, size=max_length - prompt, element_shape=None)
     seed = tf.zeros([2], tf.int32) if seed is None else tf.cast(seed, tf.int32)
     eos = -1 if gen.eos_token_id is None else gen.eos_token_id
 
@@ -128,28 +139,40 @@ def sample_search(step_fn: Callable, cache, batch_size, gen: GenerationConfig, s
         seqs = _write_column(seqs, cur_len, tokens)
         unfinished = unfinished & (tokens != eos)
         if gen.output_scores:
-            scores_ta = scores_ta.write(cur_len - 1, scores)
+            scores_ta = scores_ta.write(cur_len - prompt, scores)
         return cur_len + 1, seqs, unfinished, cache, scores_ta
 
     def cond(cur_len, seqs, unfinished, cache, scores_ta):
         return (cur_len < max_length) & tf.reduce_any(unfinished)
 
     cur_len, seqs, _, _, scores_ta = tf.while_loop(
-        cond, body, (tf.constant(1), seqs, unfinished, cache, scores_ta), maximum_iterations=max_length - 1)
+        cond, body, (tf.constant(prompt), seqs, unfinished, cache, scores_ta),
+        maximum_iterations=max_length - prompt)
     return {"sequences": seqs, "length": cur_len, "scores": scores_ta.stack() if gen.output_scores else None,
-            "sequences_scores": None}
+            "sequences_scores": None, "steps": cur_len - prompt}
 
 
-def reorder_cache(cache, beam_index):
-    """Gather the self-attention buffers of the selected parents; cross keys/values are equal across the beams
-    of one input, so they stay."""
-    layers = tuple((tf.gather(k, beam_index), tf.gather(v, beam_index), ck, cv) for k, v, ck, cv in cache.layers)
-    return type(cache)(layers, cache.index)
+def split_cache(cache):
+    """KVCache -> (loop state, rebuild): the state is the self-attention buffers ``(k, v)`` per layer and the index;
+    ``rebuild(state)`` adds back the cross keys/values, which never change while decoding (and are None for the
+    decoder-only model: a ``tf.while_loop`` cannot carry None)."""
+    cross = tuple(layer[2:] for layer in cache.layers)
+
+    def rebuild(state):
+        return type(cache)(tuple(kv + c for kv, c in zip(state[0], cross)), state[1])
+
+    return (tuple(layer[:2] for layer in cache.layers), cache.index), rebuild
 
 
-def beam_search(step_fn: Callable, cache, batch_size, gen: GenerationConfig) -> dict:
-    """Beam search with the reference's semantics. The cache holds batch_size * num_beams rows."""
-    b, k, max_length = batch_size, gen.num_beams, gen.total_max_length
+def reorder_cache(state, beam_index):
+    """Gather the self-attention buffers (N, H, capacity, hd) of the selected parents (loop state of split_cache)."""
+    return tuple((tf.gather(k, beam_index), tf.gather(v, beam_index)) for k, v in state[0]), state[1]
+
+
+def beam_search(step_fn: Callable, cache, start, gen: GenerationConfig) -> dict:
+    """Beam search with the reference's semantics. start (B * num_beams, L0), beams of one input adjacent."""
+    k, max_length, prompt = gen.num_beams, gen.total_max_length, _prompt_length(start)
+    b = tf.shape(start)[0] // k
     keep = 2 * k                                    # continuations kept per step: max(2, 1 + n_eos) * beams
     eos = -1 if gen.eos_token_id is None else gen.eos_token_id
     lp, early = float(gen.length_penalty), gen.early_stopping
@@ -157,7 +180,7 @@ def beam_search(step_fn: Callable, cache, batch_size, gen: GenerationConfig) -> 
     def length_norm(length):  # float64 pow, as the reference's Python scalar, applied in float32
         return tf.cast(tf.pow(tf.cast(length, tf.float64), lp), tf.float32)
 
-    running = tf.reshape(_initial_sequences(b * k, max_length, gen), [b, k, max_length])   # (B, K, L)
+    running = tf.reshape(_initial_sequences(start, max_length, gen), [b, k, max_length])    # (B, K, L)
     running_scores = tf.tile(tf.concat([[0.0], tf.fill([k - 1], BEAM_PENALTY)], 0)[None], [b, 1])  # (B, K)
     state = dict(
         running=running, running_scores=running_scores,
@@ -165,7 +188,7 @@ def beam_search(step_fn: Callable, cache, batch_size, gen: GenerationConfig) -> 
         finished=tf.zeros([b, k], tf.bool), finished_len=tf.zeros([b, k], tf.int32),
         unsatisfied=tf.ones([b, 1], tf.bool), done=tf.constant(False),
     )
-    scores_ta = tf.TensorArray(tf.float32, size=max_length - 1)
+    scores_ta = tf.TensorArray(tf.float32, size=max_length - prompt)
     top_mask = tf.range(keep) < k                                                     # (2K,)
     batch_offset = tf.range(b)[:, None] * k                                           # (B, 1)
 
@@ -176,7 +199,7 @@ def beam_search(step_fn: Callable, cache, batch_size, gen: GenerationConfig) -> 
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
         log_probs = process_scores(log_probs, flat, cur_len, gen, max_length)
         if gen.output_scores:
-            scores_ta = scores_ta.write(cur_len - 1, log_probs)
+            scores_ta = scores_ta.write(cur_len - prompt, log_probs)
         total = tf.reshape(log_probs, [b, k, vocab_size]) + s["running_scores"][:, :, None]
         top_scores, top_index = tf.math.top_k(tf.reshape(total, [b, k * vocab_size]), keep)   # (B, 2K)
         parent, tokens = top_index // vocab_size, top_index % vocab_size
@@ -192,7 +215,7 @@ def beam_search(step_fn: Callable, cache, batch_size, gen: GenerationConfig) -> 
 
         # finished pool: merge the newly stopped top-K continuations, keep the best K
         just_finished = hits & top_mask[None]
-        candidate = top_scores / length_norm(cur_len)
+        candidate = top_scores / length_norm(cur_len + 1 - prompt)                     # generated tokens
         pool_full = tf.reduce_all(s["finished"], axis=-1, keepdims=True) & (early is True)
         candidate += tf.cast(pool_full, tf.float32) * BEAM_PENALTY
         candidate += tf.cast(~s["unsatisfied"], tf.float32) * BEAM_PENALTY
@@ -208,7 +231,7 @@ def beam_search(step_fn: Callable, cache, batch_size, gen: GenerationConfig) -> 
         cache = reorder_cache(cache, tf.reshape(next_parent + batch_offset, [-1]))
         cur_len = cur_len + 1
         # can a running beam still beat the worst finished one? (the reference's heuristic)
-        best_length = max_length - 1 if (early == "never" and lp > 0.0) else cur_len - 1
+        best_length = (max_length if (early == "never" and lp > 0.0) else cur_len) - prompt
         best_running = running_scores[:, :1] / length_norm(best_length)
         worst_finished = tf.where(finished, tf.reduce_min(beam_scores, axis=1, keepdims=True), BEAM_PENALTY)
         unsatisfied = s["unsatisfied"] & tf.reduce_any(best_running > worst_finished, axis=-1, keepdims=True)
@@ -221,14 +244,14 @@ def beam_search(step_fn: Callable, cache, batch_size, gen: GenerationConfig) -> 
     def cond(cur_len, s, cache, scores_ta):
         return (cur_len < max_length) & ~s["done"]
 
-    cur_len, s, _, scores_ta = tf.while_loop(cond, body, (tf.constant(1), state, cache, scores_ta),
-                                             maximum_iterations=max_length - 1)
+    cur_len, s, _, scores_ta = tf.while_loop(cond, body, (tf.constant(prompt), state, cache, scores_ta),
+                                             maximum_iterations=max_length - prompt)
     r = gen.num_return_sequences
     return {"sequences": tf.reshape(s["seqs"][:, :r], [b * r, max_length]),
             "length": tf.reduce_max(s["finished_len"][:, :r]),
             "scores": scores_ta.stack() if gen.output_scores else None,
             "sequences_scores": tf.reshape(s["beam_scores"][:, :r], [-1]),
-            "steps": cur_len}
+            "steps": cur_len - prompt}
 
 
 # ============================================================ model entry point
@@ -237,41 +260,57 @@ _STEP_GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model
 
 
 class GenerationMixin:
-    """``generate`` for ``BartForConditionalGeneration``: encoder once, then a decoding loop on the cache."""
+    """``generate`` for ``BartForConditionalGeneration``: encoder once, then a decoding loop on the cache from the
+    decoder start token. ``CausalGenerationMixin`` overrides the two model-specific hooks, ``_prepare_generation``
+    (input checks and lengths) and ``_start_decoding`` (start sequence and cache)."""
 
     def _decode_step(self, tokens, cache, encoder_attention_mask):
-        """tokens (N, 1), cache -> (logits (N, V) float32, cache advanced by one position)."""
+        """tokens (N, T), cache -> (logits (N, V) float32 of the last position, cache advanced by T positions)."""
         decoder = self.model.decoder
         out = decoder(inputs_embeds=decoder.embed_tokens(tokens), encoder_attention_mask=encoder_attention_mask,
                       past_key_values=cache, use_cache=True)
-        return self.lm_logits(out.last_hidden_state)[:, -1], out.past_key_values
+        return self.lm_logits(out.last_hidden_state[:, -1:])[:, 0], out.past_key_values
 
-    def _generate_core(self, input_ids, attention_mask, gen: GenerationConfig, seed=None,
-                       run_eagerly: bool = False) -> dict:
-        """Pure TensorFlow, static shapes: callable eagerly, under tf.function and under XLA."""
-        input_ids = tf.cast(input_ids, tf.int32)
-        attention_mask = tf.cast(attention_mask, tf.int32)
+    def _prepare_generation(self, gen: GenerationConfig, input_ids, attention_mask, options) -> GenerationConfig:
+        """Check the inputs; ``gen`` with lengths counted from the decoder start token."""
+        return resolve_lengths(gen, 1, options.get("max_length") is not None, self.config.max_position_embeddings)
+
+    def _start_decoding(self, input_ids, attention_mask, gen: GenerationConfig, expand: int):
+        """-> (start (N, 1) decoder start tokens, cache with the cross keys/values, encoder mask (N, S)),
+        N = B * expand."""
         encoder_hidden = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        expand = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences
         if expand > 1:  # (B, S, D) -> (B * expand, S, D), copies of one input adjacent
             encoder_hidden = tf.repeat(encoder_hidden, expand, axis=0)
             attention_mask = tf.repeat(attention_mask, expand, axis=0)
-        rows = tf.shape(encoder_hidden)[0]
-        decoder = self.model.decoder
-        cache = decoder.init_cache(encoder_hidden, gen.total_max_length)
+        cache = self.model.decoder.init_cache(encoder_hidden, gen.total_max_length)
+        start = tf.fill([tf.shape(encoder_hidden)[0], 1], gen.decoder_start_token_id)            # (N, 1)
+        return start, cache, attention_mask
+
+    def _generate_core(self, input_ids, attention_mask, gen: GenerationConfig, seed=None,
+                       run_eagerly: bool = False) -> dict:
+        """Pure TensorFlow, static shapes: callable eagerly, under tf.function and under XLA. ``gen`` has absolute
+        lengths (``_prepare_generation``)."""
+        input_ids = tf.cast(input_ids, tf.int32)
+        attention_mask = tf.cast(attention_mask, tf.int32)
+        expand = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences
+        start, cache, encoder_mask = self._start_decoding(input_ids, attention_mask, gen, expand)
 
         step = self._decode_step
         if tf.executing_eagerly() and not run_eagerly:  # the network step as a cached graph, the loop in Python
             step = _STEP_GRAPHS.get(self)
             if step is None:
                 step = _STEP_GRAPHS[self] = tf.function(self._decode_step, reduce_retracing=True)
+        state, rebuild = split_cache(cache)
 
-        def step_fn(tokens, cache):  # (N, 1) -> logits (N, V) float32
-            return step(tokens, cache, attention_mask)
+        def step_fn(tokens, state):  # (N, T) -> logits (N, V) float32, state advanced by T positions
+            logits, cache = step(tokens, rebuild(state), encoder_mask)
+            return logits, split_cache(cache)[0]
 
+        if _prompt_length(start) > 1:  # prefill all prompt tokens but the last, which the loop's first step feeds
+            _, state = step_fn(start[:, :-1], state)
         if gen.num_beams > 1:
-            return beam_search(step_fn, cache, tf.shape(input_ids)[0], gen)
-        return sample_search(step_fn, cache, rows, gen, seed)
+            return beam_search(step_fn, state, start, gen)
+        return sample_search(step_fn, state, start, gen, seed)
 
     def _compiled_generate(self, gen: GenerationConfig, jit_compile: bool):
         """One tf.function per (model, options, mode); it retraces per input shape."""
@@ -284,20 +323,18 @@ class GenerationMixin:
 
     def generate(self, input_ids, attention_mask=None, jit_compile: bool | None = None, run_eagerly: bool = False,
                  **options):
-        """Generate ids ``(B * num_return_sequences, L)`` starting with the decoder start token.
+        """Generate ids ``(B * num_return_sequences, L)``: rows start with the decoder start token
+        (``BartForConditionalGeneration``) or with the prompt ``input_ids`` (``BartForCausalLM``).
 
         Options are ``bart_core.generation.GenerationConfig`` fields (defaults from the model config).
         ``jit_compile=True`` compiles the whole loop with XLA (one compilation per option set and input shape);
         ``jit_compile=False`` runs the whole loop as a TensorFlow graph; ``None`` (default) runs the loop eagerly
         in Python with the network step (decoder + LM head) as a graph traced once per model and shape, no XLA;
         add ``run_eagerly=True`` to run every op eagerly (debugging: breakpoints and prints inside the network).
-        Called inside a ``tf.function``, it traces into the caller and returns the uncropped ``max_length``
-        columns.
+        Called inside a ``tf.function``, it traces into the caller, skips the eager input checks and returns the
+        uncropped ``max_length`` columns.
         """
         gen = GenerationConfig.from_model_config(self.config, **options)
-        if gen.total_max_length > self.config.max_position_embeddings:
-            raise ValueError(f"max_length {gen.total_max_length} exceeds max_position_embeddings "
-                             f"{self.config.max_position_embeddings}")
         eager = tf.executing_eagerly()
         if eager:
             from bart_core.inputs import check_token_ids
@@ -308,6 +345,7 @@ class GenerationMixin:
                 attention_mask = tf.cast(input_ids != gen.pad_token_id, tf.int32)
             else:
                 attention_mask = tf.ones_like(input_ids)
+        gen = self._prepare_generation(gen, input_ids, attention_mask, options)
         seed = gen.seed if gen.seed is not None else (np.random.randint(0, 2**31 - 1) if gen.do_sample else 0)
         seed = tf.constant([seed, 0], tf.int32)
         if eager and jit_compile is not None:
@@ -317,11 +355,33 @@ class GenerationMixin:
             out = self._generate_core(input_ids, attention_mask, gen, seed, run_eagerly=run_eagerly)
         sequences, scores = out["sequences"], out["scores"]
         if eager:
-            length = int(out["length"])
-            sequences = sequences[:, :length]
+            sequences = sequences[:, :int(out["length"])]
             if scores is not None:
-                scores = scores[: int(out.get("steps", out["length"])) - 1]
+                scores = scores[:int(out["steps"])]
         if not gen.return_dict_in_generate:
             return sequences
         return GenerateOutput(sequences=sequences, scores=None if scores is None else tuple(tf.unstack(scores)),
                               sequences_scores=out["sequences_scores"])
+
+
+class CausalGenerationMixin(GenerationMixin):
+    """``generate`` for ``BartForCausalLM``: continue the prompt ``input_ids`` (B, L0), as the reference. Rows
+    start with the prompt; ``max_new_tokens`` counts after it, ``max_length`` and ``min_length`` include it, and a
+    ``max_length`` left at the reference default of 20 means 20 new tokens (capped at ``max_position_embeddings``).
+    The cache is prefilled with the prompt in one decoder pass; padded prompts are refused."""
+
+    def _prepare_generation(self, gen: GenerationConfig, input_ids, attention_mask, options) -> GenerationConfig:
+        """Check the prompt (eagerly only); ``gen`` with lengths counted from the prompt's first token."""
+        if tf.executing_eagerly() and not np.asarray(attention_mask).all():
+            raise ValueError("BartForCausalLM.generate does not support padded prompts (attention_mask has zeros, "
+                             "or the prompt holds pad_token_id without a mask); pass prompts of equal length "
+                             "without padding")
+        return resolve_lengths(gen, _prompt_length(input_ids), options.get("max_length") is not None,
+                               self.config.max_position_embeddings)
+
+    def _start_decoding(self, input_ids, attention_mask, gen: GenerationConfig, expand: int):
+        """-> (start (N, L0) the prompt, copies of one prompt adjacent; empty self-attention cache; no encoder
+        mask), N = B * expand."""
+        start = tf.repeat(input_ids, expand, axis=0) if expand > 1 else input_ids                # (N, L0)
+        cache = self.model.decoder.init_cache(None, gen.total_max_length, batch_size=tf.shape(start)[0])
+        return start, cache, None

@@ -24,7 +24,7 @@ from bart_core import outputs as O
 from bart_core.config import BartConfig
 from bart_core.inputs import check_token_ids
 from bart_core.names import POSITION_OFFSET
-from bart_tf.generation import GenerationMixin
+from bart_tf.generation import CausalGenerationMixin, GenerationMixin
 from bart_tf.io import PretrainedMixin
 from bart_tf.training import KerasTrainingMixin
 
@@ -813,7 +813,7 @@ class BartForQuestionAnswering(BartPreTrainedModel):
             loss=loss, start_logits=start_logits, end_logits=end_logits, **_seq2seq_fields(out)), rd)
 
 
-class BartForCausalLM(BartPreTrainedModel):
+class BartForCausalLM(CausalGenerationMixin, BartPreTrainedModel):
     head = "causal_lm"
     output_names_for_predict = ("logits",)
 
@@ -828,6 +828,10 @@ class BartForCausalLM(BartPreTrainedModel):
     def _named_children(self):
         return [("model", self.model)] + ([("lm_head", self.lm_head)] if self.lm_head is not None else [])
 
+    def lm_logits(self, hidden):  # (B, T, D) -> (B, T, V) float32
+        head = self.model.decoder.embed_tokens if self.lm_head is None else self.lm_head
+        return tf.cast(head.attend(hidden), tf.float32)
+
     def call(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
              head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
              use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
@@ -840,8 +844,7 @@ class BartForCausalLM(BartPreTrainedModel):
                                  cross_attn_head_mask=cross_attn_head_mask, past_key_values=past_key_values,
                                  inputs_embeds=inputs_embeds, use_cache=uc, output_attentions=oa,
                                  output_hidden_states=oh, training=training)
-        head = self.model.decoder.embed_tokens if self.lm_head is None else self.lm_head
-        logits = tf.cast(head.attend(dec.last_hidden_state), tf.float32)             # (B, T, V)
+        logits = self.lm_logits(dec.last_hidden_state)                               # (B, T, V)
         loss = None if labels is None else lm_loss(logits, labels)                    # no shift, as the reference
         return self._result(O.CausalLMOutputWithCrossAttentions(
             loss=loss, logits=logits, past_key_values=dec.past_key_values, hidden_states=dec.hidden_states,

@@ -29,12 +29,11 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from bart_core.generation import GenerationConfig
+from bart_core.generation import GenerationConfig, resolve_lengths
 from bart_core.outputs import BaseModelOutput, GenerateOutput
 
 NEG_INF = float("-inf")
 BEAM_PENALTY = -1.0e9  # score given to slots that must not be chosen (as the reference)
-REFERENCE_DEFAULT_MAX_LENGTH = 20
 
 StepFn = Callable[[torch.Tensor, object], tuple]
 
@@ -296,16 +295,14 @@ def generate(model, input_ids=None, attention_mask=None, generator: Optional[tor
     Returns ids ``(B * num_return_sequences, L)``, or ``GenerateOutput`` with ``return_dict_in_generate=True``.
     """
     gen = GenerationConfig.from_model_config(model.config, **options)
-    # the reference reads an untouched max_length of 20 (its global default) as "20 new tokens"
-    default_length = options.get("max_length") is None and options.get("max_new_tokens") is None \
-        and gen.max_length == REFERENCE_DEFAULT_MAX_LENGTH
     ctx = torch.inference_mode() if inference_mode else torch.no_grad()
     with ctx:
-        return _generate(model, input_ids, attention_mask, gen, generator, encoder_outputs, default_length)
+        return _generate(model, input_ids, attention_mask, gen, generator, encoder_outputs,
+                         max_length_given=options.get("max_length") is not None)
 
 
 def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator, encoder_outputs,
-              default_length: bool = False):
+              max_length_given: bool):
     from bart_torch.modeling import BartForCausalLM, KVCache, _check_ids
 
     config = model.config
@@ -349,16 +346,8 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
         start = torch.full((enc_hidden.shape[0], 1), gen.decoder_start_token_id, dtype=torch.long, device=device)
         decoder = model.model.decoder
 
-    prompt = start.shape[1]
-    max_length = gen.max_length if gen.max_new_tokens is None else prompt + gen.max_new_tokens
-    if default_length:
-        max_length = min(gen.max_length + prompt, config.max_position_embeddings)
-    min_length = gen.min_length if gen.min_new_tokens is None else prompt + gen.min_new_tokens
-    if max_length <= prompt:
-        raise ValueError(f"max_length={max_length} leaves no room after the {prompt} prompt tokens")
-    if max_length - 1 > config.max_position_embeddings:  # the last token is never fed back
-        raise ValueError(f"max_length={max_length} needs {max_length - 1} decoder positions, more than "
-                         f"max_position_embeddings={config.max_position_embeddings}")
+    gen = resolve_lengths(gen, start.shape[1], max_length_given, config.max_position_embeddings)
+    max_length, min_length = gen.max_length, gen.min_length
     procs = build_processors(gen, max_length, min_length)
 
     def step(tokens: torch.Tensor, cache):

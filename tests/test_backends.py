@@ -96,6 +96,16 @@ def test_generate_matches_reference(backend, reference_checkpoint, case, eos_bia
     assert ours.shape == ref.shape and ours.tolist() == ref.tolist()
 
 
+def test_default_length_matches_reference(backend, reference_checkpoint):
+    """No length option: the reference reads its untouched default max_length of 20 as 20 new tokens."""
+    path = reference_checkpoint("conditional_generation", "gelu", seed=1, init_std=0.3)
+    x = seeded_inputs(tiny_config(), seed=2)
+    ref = _reference_generate(path, x).numpy()
+    model = backend.from_pretrained("BartForConditionalGeneration", path)
+    ours = np.asarray(backend.generate(model, x["input_ids"], x["attention_mask"]))
+    assert ref.shape[1] == 21 and ours.tolist() == ref.tolist()
+
+
 CAUSAL_LM_CASES = {
     "greedy": dict(max_new_tokens=8),
     "beam3": dict(max_new_tokens=8, num_beams=3),

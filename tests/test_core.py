@@ -312,3 +312,18 @@ def test_library_never_imports_transformers():
                     if "import transformers" in text or "from transformers" in text:
                         offenders.append(os.path.join(dirpath, f))
     assert offenders == []
+
+
+def test_resolve_lengths_counts_the_prompt_and_reads_the_reference_default():
+    from bart_core.generation import resolve_lengths
+    g = GenerationConfig()  # max_length left at the reference default of 20
+    assert resolve_lengths(g, 1, False, 64).max_length == 21  # 20 new tokens after the start token
+    assert resolve_lengths(g, 4, False, 64).max_length == 24
+    assert resolve_lengths(g, 50, False, 64).max_length == 64  # capped at the position table
+    assert resolve_lengths(g, 1, True, 64).max_length == 20  # max_length=20 given by the caller is a total
+    r = resolve_lengths(GenerationConfig(max_new_tokens=5, min_new_tokens=3), 4, False, 64)
+    assert (r.max_length, r.min_length, r.max_new_tokens, r.min_new_tokens) == (9, 7, None, None)
+    with pytest.raises(ValueError, match="no room after the 4 prompt tokens"):
+        resolve_lengths(GenerationConfig(max_length=4), 4, True, 64)
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        resolve_lengths(GenerationConfig(max_length=66), 1, True, 64)

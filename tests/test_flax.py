@@ -222,6 +222,56 @@ def test_no_repeat_ngram_is_respected(cg):
         assert len(grams) == len(set(grams))
 
 
+@pytest.fixture(scope="module")
+def causal(reference_checkpoint):
+    model = bart_flax.BartForCausalLM.from_pretrained(reference_checkpoint("causal_lm", "gelu", seed=1, init_std=0.3))
+    return model, np.array([[0, 5, 9, 11], [0, 7, 8, 12]], np.int64)                       # prompt (B, L0)
+
+
+def test_causal_lm_generate_under_outer_jit_equals_plain(causal):
+    model, prompt = causal
+    options = dict(num_beams=3, max_new_tokens=6, num_return_sequences=2, length_penalty=0.5)
+    plain = np.asarray(model.generate(prompt, **options))
+    jitted = np.asarray(jax.jit(lambda p, i: model.generate(i, params=p, **options))(model.params, prompt))
+    assert jitted.shape == (4, prompt.shape[1] + 6)
+    np.testing.assert_array_equal(jitted[:, :plain.shape[1]], plain)
+    assert (jitted[:, plain.shape[1]:] == model.config.pad_token_id).all()
+    # top_k=1 sampling is greedy, whatever the key
+    many = np.asarray(model.generate(prompt, do_sample=True, top_k=1, num_return_sequences=2, max_new_tokens=6,
+                                     prng_key=jax.random.PRNGKey(3)))
+    np.testing.assert_array_equal(many, np.repeat(np.asarray(model.generate(prompt, max_new_tokens=6)), 2, axis=0))
+
+
+def test_causal_lm_cached_generate_equals_full_pass_argmax(causal):
+    model, prompt = causal
+    b, l0 = prompt.shape
+    # no length option: 20 new tokens after the prompt, as the reference
+    out = model.generate(prompt, eos_token_id=None, forced_eos_token_id=None, return_dict_in_generate=True,
+                         output_scores=True)
+    seqs = np.asarray(out.sequences)                                                      # (B, L0 + 20)
+    assert seqs.shape == (b, l0 + 20) and np.array_equal(seqs[:, :l0], prompt)
+    full = np.asarray(model(input_ids=seqs).logits)                                       # (B, L, V), no cache
+    np.testing.assert_array_equal(full[:, l0 - 1:-1].argmax(-1), seqs[:, l0:])
+    assert len(out.scores) == 20
+    np.testing.assert_allclose(np.stack(out.scores, axis=1), full[:, l0 - 1:-1], atol=ATOL, rtol=0)
+
+
+def test_causal_lm_generate_bad_inputs_are_clear_errors(causal):
+    model, prompt = causal
+    mask = np.ones_like(prompt)
+    mask[1, 0] = 0
+    with pytest.raises(ValueError, match="does not support padded prompts"):
+        model.generate(prompt, attention_mask=mask, max_new_tokens=2)
+    padded = prompt.copy()
+    padded[1, 0] = model.config.pad_token_id
+    with pytest.raises(ValueError, match="does not support padded prompts"):
+        model.generate(padded, max_new_tokens=2)
+    with pytest.raises(ValueError, match="leaves no room after the 4 prompt tokens"):
+        model.generate(prompt, max_length=4)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model.generate(prompt, max_new_tokens=model.config.max_position_embeddings)
+
+
 # ============================================================================ dtype, dropout, training
 def test_bfloat16_compute(cg):
     ours, _, path = cg
