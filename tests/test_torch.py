@@ -314,6 +314,23 @@ def test_linear_helper_agrees_with_f_linear_and_keeps_autograd(rows, out_feature
         np.testing.assert_allclose(linear(quant, x).numpy(), want.detach().numpy(), atol=0.1, rtol=0)
 
 
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new", "relu", "silu", "tanh"])
+def test_linear_helper_fuses_every_activation(activation):
+    """The fused activation (oneDNN post-op in inference) equals the activation applied after F.linear."""
+    from bart_torch.modeling import ACTIVATIONS, linear
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(256, 512)
+    layer.bias.data.normal_()
+    x = torch.randn(40, 256)
+    want = ACTIVATIONS[activation](torch.nn.functional.linear(x, layer.weight, layer.bias)).detach()
+    with torch.no_grad():
+        fused = linear(layer, x, activation=activation)
+    np.testing.assert_allclose(fused.numpy(), want.numpy(), atol=2e-5, rtol=1e-5)
+    plain = linear(layer, x, activation=activation)  # autograd on: the plain path, same numbers
+    np.testing.assert_allclose(plain.detach().numpy(), want.numpy(), atol=2e-5, rtol=1e-5)
+    assert plain.requires_grad
+
+
 def test_inputs_embeds_equal_input_ids():
     c = tiny_config("relu_scaled")
     model = _model("BartModel", c)
