@@ -98,28 +98,62 @@ _ONEDNN_ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "
                        "silu": ("swish", ""), "swish": ("swish", ""), "tanh": ("tanh", "")}
 
 
+def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    post_op: str = "none", algorithm: str = "") -> torch.Tensor:
+    """``post_op(x @ weight.T + bias)`` on oneDNN; x (..., in), weight (out, in) (strided views are fine)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], algorithm)
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``x @ weight.T + bias`` for training: the forward and both backward products on oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # x (..., in), weight (out, in), bias (out,) or None -> (..., out)
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_product(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # grad (..., out)
+        x, weight = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _onednn_product(g, weight.t(), None).view(x.shape)  # (N, out) @ (out, in) -> (..., in)
+        if ctx.needs_input_grad[1]:
+            grad_w = _onednn_product(g.t(), x.reshape(-1, x.shape[-1]).t(), None)  # (out, N) @ (N, in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)  # (out,)
+        return grad_x, grad_w, grad_b
+
+
 def linear(module: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None,
            activation: Optional[str] = None) -> torch.Tensor:
     """``ACTIVATIONS[activation](module(x))`` for an ``nn.Linear`` (``bias`` overrides the module's own;
     ``activation`` None: no activation).
 
-    Inference on float32 CPU tensors goes through oneDNN's matmul with the bias and the activation fused into the
-    product: the MKL sgemm behind ``F.linear`` runs its AVX2 code on AMD processors (the CI kind), where oneDNN
-    uses AVX-512 and is about 2x faster at every size, and the fusion saves a pass over the (rows, ffn_dim)
-    activations (bench/bench_torch.py). The two agree to float32 rounding. Autograd, tracing, quantized and other
-    modules take the plain calls."""
+    float32 CPU products go through oneDNN's matmul: the MKL sgemm behind ``F.linear`` runs its AVX2 code on AMD
+    processors (the CI kind), where oneDNN uses AVX-512 and is about 2x faster at every size
+    (bench/bench_torch.py). In inference the bias and the activation are fused into the product (one pass less
+    over the (rows, ffn_dim) activations); with autograd, ``_OneDNNLinear`` runs the forward and both backward
+    products on oneDNN. Results agree with ``F.linear`` to float32 rounding. Autocast, tracing, quantized and
+    other modules take the plain calls."""
     if type(module) is not nn.Linear:
         out = module(x)
         out = out if bias is None else out + bias
         return out if activation is None else ACTIVATIONS[activation](out)
     weight = module.weight
     b = module.bias if bias is None else bias
-    if (_ONEDNN and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not _is_tracing()):
+    if not (_ONEDNN and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu") and not _is_tracing()):
+        out = F.linear(x, weight, b)
+    elif torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                      or (b is not None and b.requires_grad)):
+        out = _OneDNNLinear.apply(x, weight, b)
+    else:
         post_op, algorithm = _ONEDNN_ACTIVATIONS[activation] if activation is not None else ("none", "")
-        return torch.ops.mkldnn._linear_pointwise(x, weight, b, post_op, [], algorithm)
-    out = F.linear(x, weight, b)
+        return _onednn_product(x, weight, b, post_op, algorithm)
     return out if activation is None else ACTIVATIONS[activation](out)
 
 

@@ -306,7 +306,7 @@ def test_linear_helper_agrees_with_f_linear_and_keeps_autograd(rows, out_feature
     np.testing.assert_allclose(got.numpy(), want.detach().numpy(), atol=2e-5, rtol=1e-5)
     np.testing.assert_allclose(got_bias.numpy(), (x @ layer.weight.T + bias).detach().numpy(), atol=2e-5, rtol=1e-5)
     assert _ONEDNN or not torch.backends.mkldnn.is_available()
-    out = linear(layer, x)  # gradients flow: the plain path
+    out = linear(layer, x)  # gradients flow
     out.sum().backward()
     np.testing.assert_allclose(layer.bias.grad.numpy(), np.full(out_features, rows, np.float32))
     quant = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear}, torch.qint8)[0]
@@ -326,9 +326,31 @@ def test_linear_helper_fuses_every_activation(activation):
     with torch.no_grad():
         fused = linear(layer, x, activation=activation)
     np.testing.assert_allclose(fused.numpy(), want.numpy(), atol=2e-5, rtol=1e-5)
-    plain = linear(layer, x, activation=activation)  # autograd on: the plain path, same numbers
-    np.testing.assert_allclose(plain.detach().numpy(), want.numpy(), atol=2e-5, rtol=1e-5)
-    assert plain.requires_grad
+    trained = linear(layer, x, activation=activation)  # autograd on: the product, then the activation
+    np.testing.assert_allclose(trained.detach().numpy(), want.numpy(), atol=2e-5, rtol=1e-5)
+    assert trained.requires_grad
+
+
+@pytest.mark.parametrize("frozen_weight", [False, True])
+def test_linear_helper_gradients_equal_f_linear(frozen_weight):
+    """The training path (oneDNN forward and backward products) gives F.linear's gradients, 3-D input included."""
+    from bart_torch.modeling import linear
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(96, 200)
+    layer.weight.requires_grad_(not frozen_weight)
+    x = torch.randn(3, 50, 96, requires_grad=True)
+    upstream = torch.randn(3, 50, 200)
+    grads = []
+    for fn in (lambda: linear(layer, x, activation="gelu"),
+               lambda: torch.nn.functional.gelu(torch.nn.functional.linear(x, layer.weight, layer.bias))):
+        x.grad = layer.weight.grad = layer.bias.grad = None
+        (fn() * upstream).sum().backward()
+        grads.append([x.grad.clone(), None if frozen_weight else layer.weight.grad.clone(), layer.bias.grad.clone()])
+    for ours, ref in zip(*grads):
+        if ref is None:
+            assert ours is None
+        else:
+            np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=1e-4, rtol=1e-5)
 
 
 def test_inputs_embeds_equal_input_ids():
