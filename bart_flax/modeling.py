@@ -109,22 +109,29 @@ def embed_scale(config: BartConfig) -> float:
 # ============================================================================ 3. attention
 def dot_product_attention(q, k, v, bias, head_mask=None, dropout=None):
     """q (Bq, H, T, hd), k/v (Bk, H, S, hd) with Bq = Bk * G (G beams share one encoder row),
-    bias (1 | Bk | Bq, 1, 1 | T, S) float32 -> out (Bq, H, T, hd), probs (Bq, H, T, S) float32."""
+    bias (1 | Bk | Bq, 1, 1 | T, S) float32 -> out (Bq, H, T, hd), probs (Bq, H, T, S) float32.
+    G == 1 takes plain 4-D products: XLA:CPU runs the 5-D grouped ones up to 4x slower (bench/RESULTS.md)."""
     bq, h, t, hd = q.shape
     bk, s = k.shape[0], k.shape[2]
     g = bq // bk
-    qg = q.reshape(bk, g, h, t, hd)
-    scores = jnp.einsum("bghtd,bhsd->bghts", qg, k).astype(jnp.float32)     # (Bk, G, H, T, S)
-    if bias is not None:
-        bb = bias.shape[0]
-        bias = bias.reshape(bk, g, 1, bias.shape[-2], s) if (bb == bq and g > 1) else bias[:, None]
-        scores = scores + bias
-    probs = jax.nn.softmax(scores, axis=-1)                                   # float32
+    if g == 1:
+        scores = jnp.einsum("bhtd,bhsd->bhts", q, k).astype(jnp.float32)        # (B, H, T, S)
+        if bias is not None:
+            scores = scores + bias
+    else:
+        scores = jnp.einsum("bghtd,bhsd->bghts", q.reshape(bk, g, h, t, hd), k).astype(jnp.float32)  # (Bk, G, H, T, S)
+        if bias is not None:
+            bias = bias.reshape(bk, g, 1, bias.shape[-2], s) if bias.shape[0] == bq else bias[:, None]
+            scores = scores + bias
+        scores = scores.reshape(bq, h, t, s)                                     # (Bq, H, T, S)
+    probs = jax.nn.softmax(scores, axis=-1)                                      # float32
     if head_mask is not None:
-        probs = probs * jnp.asarray(head_mask, jnp.float32)[None, None, :, None, None]
-    probs_d = probs if dropout is None else dropout(probs)
-    out = jnp.einsum("bghts,bhsd->bghtd", probs_d.astype(v.dtype), v)       # (Bk, G, H, T, hd)
-    return out.reshape(bq, h, t, hd), probs.reshape(bq, h, t, s)
+        probs = probs * jnp.asarray(head_mask, jnp.float32)[None, :, None, None]
+    probs_d = (probs if dropout is None else dropout(probs)).astype(v.dtype)
+    if g == 1:
+        return jnp.einsum("bhts,bhsd->bhtd", probs_d, v), probs                   # (B, H, T, hd)
+    out = jnp.einsum("bghts,bhsd->bghtd", probs_d.reshape(bk, g, h, t, s), v)   # (Bk, G, H, T, hd)
+    return out.reshape(bq, h, t, hd), probs
 
 
 class BartAttention(nn.Module):
