@@ -42,6 +42,22 @@ def check_token_ids(input_ids: np.ndarray, config: BartConfig, name: str = "inpu
                          f"max_position_embeddings={config.max_position_embeddings}")
 
 
+def check_unpadded_prompt(input_ids: np.ndarray, attention_mask: np.ndarray | None, pad_token_id: int | None,
+                          eos_token_id: int | None) -> None:
+    """Raise ``ValueError`` for a padded ``BartForCausalLM.generate`` prompt (every prompt is continued from its
+    last token). As the reference, without a mask a prompt holding ``pad_token_id`` (distinct from eos) counts as
+    padded. Called by every backend in eager mode."""
+    if attention_mask is None:
+        padded = (pad_token_id is not None and pad_token_id != eos_token_id
+                  and bool((np.asarray(input_ids) == pad_token_id).any()))
+    else:
+        padded = not bool(np.asarray(attention_mask).astype(bool).all())
+    if padded:
+        raise ValueError("BartForCausalLM.generate does not support padded prompts (attention_mask has zeros, or "
+                         f"the prompt contains pad_token_id={pad_token_id} without a mask); pass prompts of equal "
+                         "length without padding")
+
+
 def position_ids(past_length: int, length: int) -> np.ndarray:
     """Row indices into the learned position table: ``past_length + arange(length) + 2``."""
     return np.arange(past_length, past_length + length) + POSITION_OFFSET

@@ -4,8 +4,8 @@ Both generating heads use the same loops, which start from a sequence ``start (N
 (``BartForConditionalGeneration``, L0 = 1, after one encoder pass) or the prompt (``BartForCausalLM``, repeated
 per beam / returned sequence; its first L0 - 1 tokens prefill the cache in one decoder pass, and the loop's
 first step feeds the last prompt token). ``max_length`` and ``min_length`` count the prompt, ``max_new_tokens``
-and ``min_new_tokens`` do not; as the reference, a decoder-only ``max_length`` left at its default of 20 means
-20 new tokens.
+and ``min_new_tokens`` do not; as the reference, a ``max_length`` left at its default of 20 means 20 new tokens
+(``bart_core.generation.resolve_lengths``).
 
 Decoding knows the network only through ``step(tokens (N, t), cache) -> (logits (N, V) float32, cache)``
 (t = 1 in the loops, L0 - 1 for the prefill) and, for beam search, ``reorder(cache, index (N,)) -> cache``.
@@ -31,6 +31,7 @@ from jax import lax
 
 from bart_core import GenerationConfig, check_token_ids
 from bart_core.generation import resolve_lengths
+from bart_core.inputs import check_unpadded_prompt
 from bart_core.outputs import GenerateOutput
 
 NEG_INF = -jnp.inf
@@ -293,22 +294,6 @@ def _compiled(model, gen: GenerationConfig):
     return fn
 
 
-def _check_unpadded(input_ids, attention_mask, gen: GenerationConfig):
-    """Decoder-only prompts are continued from their last token, so padding is refused (eager values only).
-    As the reference, without a mask a prompt holding pad_token_id (distinct from eos) counts as padded."""
-    if attention_mask is not None and isinstance(attention_mask, jax.core.Tracer):
-        return
-    if attention_mask is None:
-        pad = gen.pad_token_id
-        padded = pad is not None and pad != gen.eos_token_id and bool((np.asarray(input_ids) == pad).any())
-    else:
-        padded = not bool(np.asarray(attention_mask).astype(bool).all())
-    if padded:
-        raise ValueError("BartForCausalLM.generate does not support padded prompts (attention_mask has zeros, or "
-                         f"the prompt contains pad_token_id={gen.pad_token_id}); pass prompts of equal length "
-                         "without padding")
-
-
 def generate(model, input_ids, attention_mask=None, params=None, prng_key=None, **options):
     """See ``BartForConditionalGeneration.generate`` and ``BartForCausalLM.generate``."""
     gen = GenerationConfig.from_model_config(model.config, **options)
@@ -316,8 +301,9 @@ def generate(model, input_ids, attention_mask=None, params=None, prng_key=None, 
     eager = not isinstance(input_ids, jax.core.Tracer)
     if eager:
         check_token_ids(np.asarray(input_ids), model.config, "input_ids")
-        if causal:
-            _check_unpadded(input_ids, attention_mask, gen)
+        if causal and not isinstance(attention_mask, jax.core.Tracer):
+            check_unpadded_prompt(np.asarray(input_ids), None if attention_mask is None else
+                                  np.asarray(attention_mask), gen.pad_token_id, gen.eos_token_id)
     prompt = jnp.shape(input_ids)[1] if causal else 1
     gen = resolve_lengths(gen, prompt, options.get("max_length") is not None,
                           model.config.max_position_embeddings)

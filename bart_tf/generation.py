@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from bart_core.generation import GenerationConfig, resolve_lengths
+from bart_core.inputs import check_unpadded_prompt
 from bart_core.outputs import GenerateOutput
 
 NEG_INF = float("-inf")
@@ -372,10 +373,9 @@ class CausalGenerationMixin(GenerationMixin):
 
     def _prepare_generation(self, gen: GenerationConfig, input_ids, attention_mask, options) -> GenerationConfig:
         """Check the prompt (eagerly only); ``gen`` with lengths counted from the prompt's first token."""
-        if tf.executing_eagerly() and not np.asarray(attention_mask).all():
-            raise ValueError("BartForCausalLM.generate does not support padded prompts (attention_mask has zeros, "
-                             "or the prompt holds pad_token_id without a mask); pass prompts of equal length "
-                             "without padding")
+        if tf.executing_eagerly():  # the mask here is the caller's or the one inferred from pad_token_id
+            check_unpadded_prompt(np.asarray(input_ids), np.asarray(attention_mask), gen.pad_token_id,
+                                  gen.eos_token_id)
         return resolve_lengths(gen, _prompt_length(input_ids), options.get("max_length") is not None,
                                self.config.max_position_embeddings)
 

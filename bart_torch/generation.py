@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from bart_core.generation import GenerationConfig, resolve_lengths
+from bart_core.inputs import check_unpadded_prompt
 from bart_core.outputs import BaseModelOutput, GenerateOutput
 
 NEG_INF = float("-inf")
@@ -326,9 +327,8 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
     dtype = model.get_input_embeddings().weight.dtype
 
     if causal:
-        if attention_mask is not None and not bool(attention_mask.bool().all()):
-            raise ValueError("BartForCausalLM.generate does not support padded prompts; pass prompts of equal "
-                             "length without padding")
+        check_unpadded_prompt(input_ids.cpu().numpy(), None if attention_mask is None else
+                              attention_mask.cpu().numpy(), gen.pad_token_id, gen.eos_token_id)
         start = input_ids.repeat_interleave(expand, dim=0)  # (N, L0)
         decoder = model.model.decoder
         enc_hidden = enc_mask = None

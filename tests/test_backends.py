@@ -130,6 +130,15 @@ def test_causal_lm_generate_matches_reference(backend, reference_checkpoint, cas
     assert np.array_equal(ours[:, :prompt.shape[1]], np.repeat(prompt, ours.shape[0] // prompt.shape[0], axis=0))
 
 
+def test_causal_lm_generate_refuses_padded_prompts(backend, reference_checkpoint):
+    model = backend.from_pretrained("BartForCausalLM", reference_checkpoint("causal_lm", "gelu"))
+    prompt = np.array([[0, 5, 9, 11], [0, 7, 8, 12]], np.int64)
+    with pytest.raises(ValueError, match="does not support padded prompts"):
+        backend.generate(model, prompt, np.array([[1, 1, 1, 1], [0, 1, 1, 1]]), max_new_tokens=3)
+    with pytest.raises(ValueError, match="does not support padded prompts"):  # no mask: inferred from pad
+        backend.generate(model, np.array([[1, 1, 5, 9]], np.int64), None, max_new_tokens=3)
+
+
 def test_generate_scores_match_reference(backend, reference_checkpoint):
     path = _generation_checkpoint(reference_checkpoint, 2.5)
     x = seeded_inputs(tiny_config(), seed=5)
