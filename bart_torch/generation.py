@@ -134,18 +134,19 @@ class TopP(LogitsProcessor):
         return scores.masked_fill(drop.scatter(1, order, drop), NEG_INF)
 
 
-def build_processors(gen: GenerationConfig, max_length: int, min_length: int) -> list[LogitsProcessor]:
+def build_processors(gen: GenerationConfig) -> list[LogitsProcessor]:
+    """The processors ``gen`` asks for, in the reference's order; ``gen`` carries resolved lengths."""
     procs: list[LogitsProcessor] = []
     if gen.repetition_penalty != 1.0:
         procs.append(RepetitionPenalty(gen.repetition_penalty))
     if gen.no_repeat_ngram_size > 0:
         procs.append(NoRepeatNGram(gen.no_repeat_ngram_size))
-    if min_length > 0 and gen.eos_token_id is not None:
-        procs.append(MinLength(min_length, gen.eos_token_id))
+    if gen.min_length > 0 and gen.eos_token_id is not None:
+        procs.append(MinLength(gen.min_length, gen.eos_token_id))
     if gen.forced_bos_token_id is not None:
         procs.append(ForcedToken(gen.forced_bos_token_id, 1))
     if gen.forced_eos_token_id is not None:
-        procs.append(ForcedToken(gen.forced_eos_token_id, max_length - 1))
+        procs.append(ForcedToken(gen.forced_eos_token_id, gen.max_length - 1))
     if gen.do_sample:
         if gen.temperature != 1.0:
             procs.append(Temperature(gen.temperature))
@@ -165,10 +166,11 @@ def _apply(procs, seqs, scores):
 # ============================================================================ search loops
 
 
-def greedy_search(step: StepFn, start: torch.Tensor, cache, gen: GenerationConfig, max_length: int,
-                  procs: list, generator: Optional[torch.Generator] = None, output_scores: bool = False):
+def greedy_search(step: StepFn, start: torch.Tensor, cache, gen: GenerationConfig, procs: list,
+                  generator: Optional[torch.Generator] = None, output_scores: bool = False):
     """Arg-max (or sampling when ``gen.do_sample``). start: (N, L0). Returns (sequences (N, L), scores)."""
     n, cur = start.shape
+    max_length = gen.max_length
     seqs = start.new_full((n, max_length), gen.pad_token_id)  # (N, max_length), written in place
     seqs[:, :cur] = start
     unfinished = torch.ones(n, dtype=torch.bool, device=start.device)
@@ -204,9 +206,9 @@ def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def beam_search(step: StepFn, reorder: Callable, start: torch.Tensor, cache, gen: GenerationConfig,
-                max_length: int, procs: list, output_scores: bool = False):
+                procs: list, output_scores: bool = False):
     """start: (B * num_beams, L0), beams of one input adjacent. Returns (sequences, scores, sequence scores)."""
-    beams, lp, early = gen.num_beams, gen.length_penalty, gen.early_stopping
+    beams, lp, early, max_length = gen.num_beams, gen.length_penalty, gen.early_stopping, gen.max_length
     n, prompt = start.shape
     b = n // beams
     eos = gen.eos_token_id
@@ -347,8 +349,7 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
         decoder = model.model.decoder
 
     gen = resolve_lengths(gen, start.shape[1], max_length_given, config.max_position_embeddings)
-    max_length, min_length = gen.max_length, gen.min_length
-    procs = build_processors(gen, max_length, min_length)
+    procs = build_processors(gen)
 
     def step(tokens: torch.Tensor, cache):
         """tokens: (N, t) -> logits (N, V) of the last position, cache."""
@@ -357,7 +358,7 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
                       use_cache=cache is not None, check_inputs=False)
         return model.logits(out.last_hidden_state[:, -1, :]), out.past_key_values
 
-    cache = KVCache.allocate(config, start.shape[0], max_length - 1, device, dtype) if gen.use_cache else None
+    cache = KVCache.allocate(config, start.shape[0], gen.max_length - 1, device, dtype) if gen.use_cache else None
     if gen.num_beams > 1:
         cross_fixed: list = []  # decided after the first step, when the cross keys/values exist
 
@@ -366,10 +367,10 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
                 cross_fixed.append(c.cross_rows_repeat(gen.num_beams))
             return c.reorder(rows, cross=not cross_fixed[0])
 
-        seqs, scores, seq_scores = beam_search(step, reorder, start, cache, gen, max_length, procs,
+        seqs, scores, seq_scores = beam_search(step, reorder, start, cache, gen, procs,
                                                output_scores=gen.output_scores)
     else:
-        seqs, scores = greedy_search(step, start, cache, gen, max_length, procs, generator,
+        seqs, scores = greedy_search(step, start, cache, gen, procs, generator,
                                      output_scores=gen.output_scores)
         seq_scores = None
     if gen.return_dict_in_generate:

@@ -18,7 +18,14 @@ import bart_flax  # noqa: E402
 from bart_core import GenerationConfig, shift_tokens_right  # noqa: E402
 from bart_core.formats.flax_msgpack import read_flax_msgpack  # noqa: E402
 from bart_flax.modeling import MODEL_CLASSES  # noqa: E402
-from tests.conftest import HEADS, load_reference, seeded_inputs, task_inputs, tiny_config  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    HEADS,
+    load_reference,
+    reference_outputs,
+    seeded_inputs,
+    task_inputs,
+    tiny_config,
+)
 
 ATOL = 1e-5
 
@@ -29,12 +36,6 @@ def _transformers():
 
 def _torch_ref(head, path, eager=False):
     return load_reference(head, path, eager=eager)
-
-
-def _torch_out(model, inputs, **kw):
-    import torch
-    with torch.no_grad():
-        return model(**{k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_reads_msgpack_written_by_reference_flax(cg, tmp_path):
         np.testing.assert_array_equal(arr, torch_state[name], err_msg=name)
     loaded = bart_flax.BartForConditionalGeneration.from_pretrained(tmp_path)
     x = task_inputs("conditional_generation", loaded.config)
-    np.testing.assert_allclose(np.asarray(loaded(**x).logits), _torch_out(ref, x).logits.numpy(), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(loaded(**x).logits), reference_outputs(ref, x)["logits"], atol=ATOL, rtol=0)
 
 
 def test_written_msgpack_loads_in_reference_flax(cg, tmp_path):
@@ -96,7 +97,7 @@ def test_saved_safetensors_and_bin_load(cg, reference_checkpoint, tmp_path):
     t = _transformers()
     x = task_inputs("conditional_generation", ours.config)
     back = t.BartForConditionalGeneration.from_pretrained(tmp_path).eval()
-    np.testing.assert_allclose(_torch_out(back, x).logits.numpy(), _torch_out(ref, x).logits.numpy(), atol=0, rtol=0)
+    np.testing.assert_allclose(reference_outputs(back, x)["logits"], reference_outputs(ref, x)["logits"], atol=0, rtol=0)
     binary = reference_checkpoint("conditional_generation", "gelu", safe_serialization=False)
     assert os.path.isfile(os.path.join(binary, "pytorch_model.bin"))
     from_bin = bart_flax.BartForConditionalGeneration.from_pretrained(binary)
