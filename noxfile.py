@@ -67,6 +67,7 @@ def slow(session):
 @nox.session(venv_backend=BACKEND)
 def bench(session):
     """All benchmarks side by side with the reference; results go to bench/RESULTS.md by hand."""
-    for script in ("bench_tokenizer", "bench_torch", "bench_tf", "bench_flax", "bench_conversion"):
+    for script in ("bench_tokenizer", "bench_torch", "bench_tf", "bench_flax", "bench_xla_floor", "bench_training",
+                   "bench_conversion"):
         if os.path.exists(f"bench/{script}.py"):
             session.run("python", f"bench/{script}.py", *session.posargs)

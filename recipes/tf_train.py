@@ -1,6 +1,7 @@
-"""TensorFlow / Keras 3 recipe: ``model.fit`` on a ``tf.data`` pipeline fed by the collator, AdamW with the
-shared learning-rate table, global-norm clipping, Keras gradient accumulation, and ``tf.distribute``:
-``MirroredStrategy`` over ``run.devices`` logical CPU devices (or any devices the caller's strategy holds).
+"""TensorFlow / Keras 3 recipe: ``model.fit`` on a ``tf.data`` pipeline fed by the collator, AdamW
+(``FusedAdamW``: Keras AdamW with a fused update) with the shared learning-rate table, global-norm clipping,
+Keras gradient accumulation, and ``tf.distribute``: ``MirroredStrategy`` over ``run.devices`` logical CPU devices
+(or any devices the caller's strategy holds).
 
 The pipeline yields ``(inputs, labels, weight)`` per micro-batch; ``weight`` (one value per row) is
 ``grad_accum / global_tokens`` of the optimizer step. ``TokenWeightedBart`` turns the model's mean loss into
