@@ -92,7 +92,22 @@ def _onednn_ok() -> bool:
         return False
 
 
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 _ONEDNN = _onednn_ok()
+# MKL's sgemm runs its AVX-512 code only on Intel processors. There (measured on a Xeon with AVX-512) it beats
+# oneDNN at one row and in training, while oneDNN still wins at many rows in inference; elsewhere oneDNN wins
+# everywhere (bench/RESULTS.md).
+_MKL_PREFERRED_FOR_SMALL_AND_TRAINING = _cpu_vendor() == "GenuineIntel"
 # config.activation_function -> oneDNN post-op (name, algorithm) fused into the product's epilogue
 _ONEDNN_ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "relu": ("relu", ""),
                        "silu": ("swish", ""), "swish": ("swish", ""), "tanh": ("tanh", "")}
@@ -134,8 +149,8 @@ def linear(module: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = No
     ``activation`` None: no activation).
 
     float32 CPU products go through oneDNN's matmul: the MKL sgemm behind ``F.linear`` runs its AVX2 code on AMD
-    processors (the CI kind), where oneDNN uses AVX-512 and is about 2x faster at every size
-    (bench/bench_torch.py). In inference the bias and the activation are fused into the product (one pass less
+    processors, where oneDNN uses AVX-512 and is about 2x faster at every size (bench/bench_torch.py). On Intel
+    processors MKL uses AVX-512 too and is kept for one-row products and training, where it measured faster. In inference the bias and the activation are fused into the product (one pass less
     over the (rows, ffn_dim) activations); with autograd, ``_OneDNNLinear`` runs the forward and both backward
     products on oneDNN. Results agree with ``F.linear`` to float32 rounding. Autocast, tracing, quantized and
     other modules take the plain calls."""
@@ -145,11 +160,13 @@ def linear(module: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = No
         return out if activation is None else ACTIVATIONS[activation](out)
     weight = module.weight
     b = module.bias if bias is None else bias
+    training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                            or (b is not None and b.requires_grad))
     if not (_ONEDNN and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
-            and not torch.is_autocast_enabled("cpu") and not _is_tracing()):
+            and not torch.is_autocast_enabled("cpu") and not _is_tracing()) \
+            or (_MKL_PREFERRED_FOR_SMALL_AND_TRAINING and (training or x.numel() == x.shape[-1])):
         out = F.linear(x, weight, b)
-    elif torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                      or (b is not None and b.requires_grad)):
+    elif training:
         out = _OneDNNLinear.apply(x, weight, b)
     else:
         post_op, algorithm = _ONEDNN_ACTIVATIONS[activation] if activation is not None else ("none", "")
