@@ -70,21 +70,29 @@ def _check_ids(ids, config: BartConfig, name: str, past_length=0) -> None:
         check_token_ids(np.asarray(ids), config, name, int(past_length))
 
 
+def matmul_2d(x, w, transpose_b: bool = False):
+    """``x @ w`` (``w.T`` with ``transpose_b``) on the last axis of x (..., in) as one 2-D product -> (..., out).
+
+    A 3-D by 2-D ``tf.matmul`` is a broadcasting BatchMatMul: outside XLA its gradient builds a (batch, in, out)
+    kernel gradient and sums it (forward + backward measured 1.55x slower at 4 x 256 tokens, 768 -> 3072), and
+    under XLA it copies a transposed ``w`` on every call (the tied LM head's whole (V, D) table) and runs ~15%
+    slower at one row. Leading sizes stay static when known (no shape ops in eager mode)."""
+    if x.shape.rank == 2:
+        return tf.matmul(x, w, transpose_b=transpose_b)
+    size_in, out = (w.shape[1], w.shape[0]) if transpose_b else (w.shape[0], w.shape[1])
+    y = tf.matmul(tf.reshape(x, [-1, size_in]), w, transpose_b=transpose_b)           # (N, out)
+    lead = x.shape[:-1]
+    if lead.is_fully_defined():
+        return tf.reshape(y, lead.as_list() + [out])
+    return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [out]], 0))
+
+
 class BartLinear(keras.layers.Dense):
-    """Dense as one 2-D matmul plus bias. Keras' Dense goes through tensordot (~10 ops per call, which dominated
-    eager decoding); a 3-D by 2-D ``tf.matmul`` is a broadcasting BatchMatMul, whose gradient outside XLA builds a
-    (batch, in, out) kernel gradient and sums it (forward + backward measured 1.55x slower than the 2-D product
-    at 4 x 256 tokens, 768 -> 3072), and which XLA runs ~15% slower at one row."""
+    """Dense as one 2-D matmul plus bias (``matmul_2d``). Keras' Dense goes through tensordot: ~10 ops per call,
+    which dominated eager decoding."""
 
     def call(self, x):  # (..., in) -> (..., out)
-        kernel = tf.cast(self.kernel, x.dtype)
-        if x.shape.rank == 2:
-            y = tf.matmul(x, kernel)
-        else:
-            lead = x.shape[:-1]
-            lead = lead.as_list() if lead.is_fully_defined() else tf.shape(x)[:-1]
-            y = tf.matmul(tf.reshape(x, [-1, kernel.shape[0]]), kernel)                # (N, out)
-            y = tf.reshape(y, tf.concat([lead, [self.units]], 0) if tf.is_tensor(lead) else lead + [self.units])
+        y = matmul_2d(x, tf.cast(self.kernel, x.dtype))
         return y + tf.cast(self.bias, x.dtype) if self.use_bias else y
 
 
@@ -146,11 +154,7 @@ class BartScaledWordEmbedding(keras.layers.Layer):
         return tf.gather(tf.cast(self.embeddings, self.compute_dtype), ids) * self.embed_scale
 
     def attend(self, hidden):  # (..., D) -> (..., V)
-        # a 2-D product: with a 3-D ``hidden`` (a batched matmul) XLA transposes the whole (V, D) table into a
-        # copy on every call, which costs more than the product itself when decoding one token at a time
-        flat = tf.reshape(hidden, [-1, self.dim])                                       # (N, D)
-        logits = tf.matmul(flat, tf.cast(self.embeddings, hidden.dtype), transpose_b=True)  # (N, V)
-        return tf.reshape(logits, tf.concat([tf.shape(hidden)[:-1], [self.vocab_size]], 0))
+        return matmul_2d(hidden, tf.cast(self.embeddings, hidden.dtype), transpose_b=True)
 
 
 class BartLearnedPositionalEmbedding(keras.layers.Layer):

@@ -150,8 +150,9 @@ def linear(module: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = No
 
     float32 CPU products go through oneDNN's matmul: the MKL sgemm behind ``F.linear`` runs its AVX2 code on AMD
     processors, where oneDNN uses AVX-512 and is about 2x faster at every size (bench/bench_torch.py). On Intel
-    processors MKL uses AVX-512 too and is kept for one-row products and training, where it measured faster. In inference the bias and the activation are fused into the product (one pass less
-    over the (rows, ffn_dim) activations); with autograd, ``_OneDNNLinear`` runs the forward and both backward
+    processors MKL uses AVX-512 too and is kept for one-row products and training, where it measured faster. In
+    inference the bias and the activation are fused into the product (one pass less over the (rows, ffn_dim)
+    activations); with autograd, ``_OneDNNLinear`` runs the forward and both backward
     products on oneDNN. Results agree with ``F.linear`` to float32 rounding. Autocast, tracing, quantized and
     other modules take the plain calls."""
     if type(module) is not nn.Linear:

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("USE_TF", "0")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,21 +35,7 @@ import numpy as np  # noqa: E402
 
 import bart_flax  # noqa: E402
 from bart_core import BartConfig  # noqa: E402
-
-BART_BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-                 decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1024)
-TINY = dict(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-            decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=128)
-
-
-def median_seconds(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile + warm
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        runs.append(time.perf_counter() - t)
-    return statistics.median(runs)
+from bench.bench_flax import BART_BASE, TINY, timed  # noqa: E402  (timed -> (first call s, median s))
 
 
 def attend(q, k, v):  # q (M, H, hd), k/v (B, H, S, hd) with M = B * G (G beams share a row's keys) -> (M, H, hd)
@@ -124,15 +108,15 @@ def main(argv=None) -> None:
         mask = jnp.ones_like(src)
         g_ref = jax.jit(lambda p, a, m, beams=beams: ref.generate(a, attention_mask=m, params=p, num_beams=beams,
                                                                     **gen).sequences)
-        reference = median_seconds(lambda: g_ref(params, src, mask), args.repeats) * 1000 / steps
+        reference = timed(lambda: g_ref(params, src, mask), args.repeats)[1] * 1000 / steps
         n, hd = batch * beams, config.d_model // config.decoder_attention_heads
         rows = jnp.asarray(rng.normal(size=(n, config.d_model)), jnp.float32)
         kv = lambda length: jnp.asarray(rng.normal(size=(n, config.decoder_attention_heads, length, hd)), jnp.float32)
         cross = lambda: kv(args.gen_src_len)[:batch]  # beams share their row's encoder keys
         keys = [(cross(), cross(), kv(steps // 2), kv(steps // 2))
                 for _ in range(config.decoder_layers)]
-        floor = median_seconds(lambda: products(rows, keys), args.repeats) * 1000 / steps
-        floor += median_seconds(lambda: encode(params, src, mask), args.repeats) * 1000 / steps
+        floor = timed(lambda: products(rows, keys), args.repeats)[1] * 1000 / steps
+        floor += timed(lambda: encode(params, src, mask), args.repeats)[1] * 1000 / steps
         allowed = reference / target
         print(f"| {label} | {batch * beams} | {reference:.2f} | {target:.1f}x | {allowed:.2f} | {floor:.2f} | "
               f"{floor / allowed:.2f} |")
