@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
@@ -22,7 +23,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from bart_core.config import BartConfig
-from bart_core.fileio import atomic_path, atomic_write_text
+from bart_core.fileio import FileSet, atomic_files
 from bart_core.names import BASE_PREFIX, head_param_names, param_table
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
@@ -72,7 +73,12 @@ def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- safetensors
+_ST_ITEMSIZE = {"BF16": 2, **{k: np.dtype(v).itemsize for k, v in _ST_TO_NP.items()}}
+
+
 def _read_header(path: str) -> tuple[int, dict]:
+    """``(data start, header)`` of a safetensors file, every entry checked: known dtype, integer shape, byte range
+    of the size the shape needs, ranges in order without gaps or overlaps covering the data exactly."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
@@ -85,14 +91,41 @@ def _read_header(path: str) -> tuple[int, dict]:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
     data_len = size - 8 - n
+    ranges = []
     for name, info in header.items():
         if name == "__metadata__":
+            if info is not None and not isinstance(info, dict):
+                raise CheckpointError(f"{path}: corrupt safetensors header (__metadata__ is not an object)")
             continue
-        start, end = info["data_offsets"]
+        try:
+            st, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+            ok = (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+                  and type(start) is int and type(end) is int and 0 <= start <= end)
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise CheckpointError(f"{path}: corrupt safetensors header entry for tensor {name!r}: {info!r:.200}")
+        if st not in _ST_ITEMSIZE:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {st!r}")
         if end > data_len:
             raise CheckpointError(f"{path}: truncated safetensors file (tensor {name!r} ends at byte {end}, "
                                   f"data has {data_len})")
+        need = int(np.prod(shape, dtype=np.int64)) * _ST_ITEMSIZE[st]
+        if end - start != need:
+            raise CheckpointError(f"{path}: tensor {name!r} of shape {shape} and dtype {st} needs {need} bytes, its "
+                                  f"byte range holds {end - start}")
+        ranges.append((start, end, name))
+    pos = 0
+    for start, end, name in sorted(ranges):
+        if start != pos:
+            what = "overlaps the previous tensor" if start < pos else f"leaves a gap at byte {pos}"
+            raise CheckpointError(f"{path}: corrupt safetensors file: the byte range of tensor {name!r} {what}")
+        pos = end
+    if ranges and pos != data_len:
+        raise CheckpointError(f"{path}: corrupt safetensors file: {data_len - pos} bytes after the last tensor")
     return 8 + n, header
 
 
@@ -139,14 +172,14 @@ def _serialize(tensors: Mapping[str, np.ndarray], metadata: dict | None) -> tupl
 
 
 def _write_one(path: str, tensors: Mapping[str, np.ndarray], metadata: dict | None) -> None:
+    """Write one safetensors file at ``path`` (a staged temporary path: atomicity is the caller's)."""
     head, blobs = _serialize(tensors, metadata)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(head)
-            for b in blobs:
-                f.write(memoryview(b.reshape(-1)).cast("B") if b.size else b"")
-            f.flush()
-            os.fsync(f.fileno())
+    with open(path, "wb") as f:
+        f.write(head)
+        for b in blobs:
+            f.write(b.reshape(-1).view(np.uint8).data if b.size else b"")  # bytes view: works for bfloat16 too
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def parse_size(size: int | str | None) -> int | None:
@@ -154,17 +187,34 @@ def parse_size(size: int | str | None) -> int | None:
     if size is None or isinstance(size, int):
         return size
     s = size.strip().upper()
-    for unit, mult in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6),
-                       ("KB", 10**3), ("B", 1)):
-        if s.endswith(unit):
-            return int(float(s[: -len(unit)]) * mult)
-    return int(s)
+    try:
+        for unit, mult in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6),
+                           ("KB", 10**3), ("B", 1)):
+            if s.endswith(unit):
+                n = int(float(s[: -len(unit)]) * mult)
+                break
+        else:
+            n = int(s)
+    except ValueError:
+        raise ValueError(f"max_shard_size: {size!r} is not a size (examples: 500MB, 2GB, 1000000)") from None
+    if n <= 0:
+        raise ValueError(f"max_shard_size: {size!r} must be positive")
+    return n
 
 
-def write_safetensors(tensors: Mapping[str, np.ndarray], directory: str, max_shard_size: int | str | None = None,
+_SHARD_RE = re.compile(r"^(model|pytorch_model|tf_model|flax_model)-\d{5}-of-\d{5}\.(safetensors|bin|h5|msgpack)$")
+
+
+def is_weight_file(name: str) -> bool:
+    """True for every file name the reference layout uses for weights (plain, sharded, index)."""
+    return (name in WEIGHT_FILES or _SHARD_RE.match(name) is not None
+            or name in ("pytorch_model.bin.index.json", "tf_model.h5.index.json", "flax_model.msgpack.index.json"))
+
+
+def stage_safetensors(files: FileSet, tensors: Mapping[str, np.ndarray], max_shard_size: int | str | None = None,
                       metadata: dict | None = None) -> list[str]:
-    """Write ``model.safetensors`` (or shards plus ``model.safetensors.index.json``) atomically."""
-    os.makedirs(directory, exist_ok=True)
+    """Stage ``model.safetensors`` (or shards plus ``model.safetensors.index.json``) in ``files``; returns the
+    file names."""
     limit = parse_size(max_shard_size)
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
@@ -175,24 +225,103 @@ def write_safetensors(tensors: Mapping[str, np.ndarray], directory: str, max_sha
             size = 0
         shards[-1][name] = arr
         size += nbytes
-    for stale in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME):
-        if os.path.exists(os.path.join(directory, stale)):
-            os.remove(os.path.join(directory, stale))
     if len(shards) == 1:
-        path = os.path.join(directory, SAFE_WEIGHTS_NAME)
-        _write_one(path, shards[0], metadata)
-        return [path]
-    paths, weight_map, total = [], {}, 0
+        _write_one(files.path(SAFE_WEIGHTS_NAME), shards[0], metadata)
+        return [SAFE_WEIGHTS_NAME]
+    names, weight_map, total = [], {}, 0
     for i, shard in enumerate(shards):
         fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        _write_one(os.path.join(directory, fname), shard, metadata)
-        paths.append(os.path.join(directory, fname))
+        _write_one(files.path(fname), shard, metadata)
+        names.append(fname)
         for name, arr in shard.items():
             weight_map[name] = fname
             total += np.asarray(arr).nbytes
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    atomic_write_text(os.path.join(directory, SAFE_WEIGHTS_INDEX_NAME), json.dumps(index, indent=2) + "\n")
-    return paths + [os.path.join(directory, SAFE_WEIGHTS_INDEX_NAME)]
+    files.write_text(SAFE_WEIGHTS_INDEX_NAME, json.dumps(index, indent=2) + "\n")
+    return names + [SAFE_WEIGHTS_INDEX_NAME]
+
+
+def write_safetensors(tensors: Mapping[str, np.ndarray], directory: str, max_shard_size: int | str | None = None,
+                      metadata: dict | None = None) -> list[str]:
+    """Write ``model.safetensors`` (or shards plus ``model.safetensors.index.json``) as one atomic unit: the
+    previous safetensors files of ``directory`` are replaced only once the new ones are complete."""
+    parse_size(max_shard_size)
+    with atomic_files(directory, replaces=lambda n: is_weight_file(n) and n.endswith((".safetensors",
+                                                                                        ".safetensors.index.json"))) \
+            as files:
+        names = stage_safetensors(files, tensors, max_shard_size, metadata)
+    return [os.path.join(directory, n) for n in names]
+
+
+def stage_pytorch_bin(path: str, tensors: Mapping[str, np.ndarray]) -> None:
+    """Write ``pytorch_model.bin`` (``torch.save`` of a tensor dict) at a staged path; needs torch."""
+    import torch
+
+    def to_torch(arr: np.ndarray):
+        arr = np.ascontiguousarray(arr)
+        if arr.dtype.name == "bfloat16":
+            return torch.from_numpy(arr.view(np.int16).copy()).view(torch.bfloat16)
+        return torch.from_numpy(arr.copy())
+
+    with open(path, "wb") as f:
+        torch.save({k: to_torch(v) for k, v in tensors.items()}, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+FORMATS = ("safetensors", "torch_bin", "tf", "flax")
+
+
+def save_checkpoint(directory: str | os.PathLike, config: BartConfig, tensors: Mapping[str, np.ndarray], head: str,
+                    formats: Iterable[str] = ("safetensors",), max_shard_size: int | str | None = None,
+                    generation_config=None) -> list[str]:
+    """Save a checkpoint folder in the reference layout as one atomic unit, for every backend.
+
+    ``tensors`` are the canonical stored tensors (``export_state_dict``). Each format in ``formats``
+    (``safetensors``: ``model.safetensors``; ``torch_bin``: ``pytorch_model.bin``; ``tf``: ``tf_model.h5``; ``flax``:
+    ``flax_model.msgpack``) is written
+    to a temporary file first; ``config.json`` (and ``generation_config.json`` when given) are published last.
+    Weight files of the folder that this save did not write (an older ``tf_model.h5``, stale shards, ...) are
+    removed after the new files are in place, so the folder loads as this model in every framework. Another
+    writer of the same folder waits for the lock.
+    """
+    from bart_core.formats.flax_msgpack import stage_flax_msgpack
+    from bart_core.formats.tf_h5 import stage_tf_h5
+
+    directory = os.fspath(directory)
+    formats = list(dict.fromkeys(formats))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"formats: {bad or formats} not among {FORMATS}")
+    parse_size(max_shard_size)
+    names = []
+    with atomic_files(directory, replaces=is_weight_file) as files:
+        for fmt in formats:
+            if fmt == "safetensors":
+                names += stage_safetensors(files, tensors, max_shard_size)
+            elif fmt == "torch_bin":
+                stage_pytorch_bin(files.path(PT_WEIGHTS_NAME), tensors)
+                names.append(PT_WEIGHTS_NAME)
+            elif fmt == "tf":
+                stage_tf_h5(files.path(TF_WEIGHTS_NAME), tensors, config, head)
+                names.append(TF_WEIGHTS_NAME)
+            else:
+                stage_flax_msgpack(files.path(FLAX_WEIGHTS_NAME), tensors, config, head)
+                names.append(FLAX_WEIGHTS_NAME)
+        if generation_config is not None:
+            files.write_text("generation_config.json", generation_config.to_json_string())
+            names.append("generation_config.json")
+        files.write_text("config.json", config.to_json_string())
+        names.append("config.json")
+    return [os.path.join(directory, n) for n in names]
+
+
+def check_shard_name(index_path: str, fname) -> None:
+    """A shard named by an index must be a plain file name in the index's folder (no path, no ``..``)."""
+    if not isinstance(fname, str) or not fname or os.path.basename(fname) != fname or fname in (".", "..") \
+            or "/" in fname or "\\" in fname:
+        raise CheckpointError(f"{index_path}: shard {fname!r} is not a file name in the checkpoint folder "
+                              "(absolute and relative paths are refused)")
 
 
 def read_sharded_safetensors(index_path: str) -> dict[str, np.ndarray]:
@@ -204,6 +333,7 @@ def read_sharded_safetensors(index_path: str) -> dict[str, np.ndarray]:
     folder = os.path.dirname(index_path)
     out: dict[str, np.ndarray] = {}
     for fname in sorted(set(weight_map.values())):
+        check_shard_name(index_path, fname)
         shard = os.path.join(folder, fname)
         if not os.path.isfile(shard):
             raise CheckpointError(f"{index_path}: shard {fname} is missing")
@@ -303,9 +433,9 @@ def _normalise_prefix(state: Mapping[str, np.ndarray], head: str) -> dict[str, n
 
 
 def align_state_dict(state: Mapping[str, np.ndarray], config: BartConfig, head: str,
-                     source: str = "checkpoint") -> LoadReport:
+                     source: str = "checkpoint", allow_missing: Iterable[str] = ()) -> LoadReport:
     """Match ``state`` to ``param_table(config, head)``; raise ``CheckpointError`` on a wrong shape or a
-    missing tensor that is not part of the task head."""
+    missing tensor that is not part of the task head (or of ``allow_missing``: tensors to initialise freshly)."""
     state = _normalise_prefix(state, head)
     table = param_table(config, head)
     stored = [s for s in table if s.stored]
@@ -315,7 +445,7 @@ def align_state_dict(state: Mapping[str, np.ndarray], config: BartConfig, head: 
             aliases.setdefault(s.tied_to, []).append(s.name)
     if head == "causal_lm":  # a seq2seq checkpoint keeps the decoder embedding under model.shared.weight
         aliases.setdefault("model.decoder.embed_tokens.weight", []).append("model.shared.weight")
-    head_names = set(head_param_names(config, head))
+    head_names = set(head_param_names(config, head)) | set(allow_missing)
     report = LoadReport(params={})
     used = set()
     missing = []
@@ -332,6 +462,9 @@ def align_state_dict(state: Mapping[str, np.ndarray], config: BartConfig, head: 
                 missing.append(spec.name)
             continue
         arr = state[found]
+        if not (arr.dtype.kind == "f" or arr.dtype.name == "bfloat16"):
+            raise CheckpointError(f"{source}: tensor {found!r} has dtype {arr.dtype}; BART weights are floating "
+                                  "point (an integer or boolean tensor here is a corrupt or foreign checkpoint)")
         if tuple(arr.shape) != spec.shape:
             raise CheckpointError(f"{source}: tensor {found!r} has shape {tuple(arr.shape)}, the model expects "
                                   f"{spec.shape}")

@@ -6,15 +6,56 @@ Length conventions (as the reference, for an encoder-decoder): the decoder seque
 each step's scores (log-probabilities for beam search, raw logits for greedy and sampling):
 repetition penalty, no-repeat n-gram, min length, forced BOS, forced EOS; then, when sampling, temperature,
 top-k and top-p.
+
+Files and defaults (``generation_config.json``, as transformers 4.57.6 reads and writes it): ``from_pretrained``
+reads a checkpoint's ``generation_config.json``, else derives the options from the generation fields of its
+``config.json`` (``from_model_config``); ``save_pretrained`` writes the values that differ from the defaults.
+Options of the reference this library does not implement are kept in ``extra`` (written back unchanged) and
+refused by ``generate`` when they are set to anything but the reference's default. ``resolve_generation_config``
+is the one precedence rule of every backend's ``generate``: explicit keyword arguments, then
+``generate(generation_config=...)``, then the model's ``generation_config``, then these defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
+import warnings
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
-from bart_core.config import BartConfig
+from bart_core.config import CONFIG_NAME, BartConfig, ConfigError, read_json_object
+from bart_core.fileio import atomic_write_text
+
+GENERATION_CONFIG_NAME = "generation_config.json"
+REFERENCE_VERSION = "4.57.6"  # the transformers version whose generation rules (and file layout) we follow
+# keys of generation_config.json that describe the file, not the decoding
+METADATA_FIELDS = ("_from_model_config", "_commit_hash", "_original_object_hash", "transformers_version")
+# transformers 4.57.6 `GenerationConfig()` values of the options this dataclass does not have: set to anything
+# else, they would change the result, and `generate` refuses them
+REFERENCE_ONLY_DEFAULTS: dict[str, Any] = {
+    "max_time": None, "stop_strings": None, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0, "encoder_repetition_penalty": 1.0, "bad_words_ids": None, "renormalize_logits": False,
+    "remove_invalid_values": False, "exponential_decay_length_penalty": None, "suppress_tokens": None,
+    "begin_suppress_tokens": None, "sequence_bias": None, "token_healing": False, "guidance_scale": None,
+    "watermarking_config": None, "output_attentions": False, "output_hidden_states": False, "output_logits": None,
+    "encoder_no_repeat_ngram_size": 0, "penalty_alpha": None, "dola_layers": None, "diversity_penalty": 0.0,
+    "num_beam_groups": 1, "constraints": None, "force_words_ids": None, "prompt_lookup_num_tokens": None,
+    "max_matching_ngram_size": None, "assistant_early_exit": None,
+}
+# reference options that choose how, not what, is computed (cache layout, compilation, assisted decoding
+# knobs): kept and written back, never refused
+REFERENCE_NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "cache_implementation": None, "cache_config": None, "return_legacy_cache": None, "prefill_chunk_size": None,
+    "disable_compile": False, "low_memory": None, "is_assistant": False, "num_assistant_tokens": 20,
+    "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.4, "assistant_lookbehind": 10,
+    "target_lookbehind": 10,
+}
+_OUTPUT_FLAGS = ("output_attentions", "output_hidden_states", "output_scores", "output_logits")
+_TOKEN_FIELDS = ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id", "forced_bos_token_id",
+                 "forced_eos_token_id")
 
 
 @dataclass(frozen=True)
@@ -35,17 +76,50 @@ class GenerationConfig:
     num_return_sequences: int = 1          # sequences per input (<= num_beams for beam search)
     forced_bos_token_id: Optional[int] = None  # token forced right after the start token
     forced_eos_token_id: Optional[int] = None  # token forced at the last position
-    decoder_start_token_id: int = 2
-    bos_token_id: Optional[int] = 0
-    eos_token_id: Optional[int] = 2
-    pad_token_id: int = 1
+    decoder_start_token_id: Optional[int] = None  # None: the model's (``resolve_generation_config`` fills them)
+    bos_token_id: Optional[int] = None
+    eos_token_id: Optional[int] = None
+    pad_token_id: Optional[int] = None             # None at generate time: eos_token_id (as the reference)
     seed: Optional[int] = None             # sampling seed (a backend may also accept its own RNG object)
     use_cache: bool = True
     output_scores: bool = False
     return_dict_in_generate: bool = False
+    # reference options this class does not model, name -> value (``REFERENCE_ONLY_DEFAULTS``, ...): kept for the
+    # round trip through generation_config.json; ``generate`` refuses those set to a non-default value
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False, repr=False)
+    # file metadata, not options: set by from_model_config / from_dict; `replace` resets them, as a change
+    # resets the reference's "unmodified since created from the model config" test
+    _from_model_config: bool = dataclasses.field(default=False, init=False, compare=False, repr=False)
+    transformers_version: Optional[str] = dataclasses.field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.validate()
+
+    def _check_types(self) -> None:
+        """Types as a JSON file could get them wrong (a string for a number, NaN, a list of eos ids)."""
+        for f in dataclasses.fields(self):
+            kind = str(f.type)
+            optional = kind.startswith("Optional[")
+            kind = kind[len("Optional["):-1] if optional else kind
+            v = getattr(self, f.name)
+            if not f.init or kind not in ("int", "float", "bool", "Union[bool, str]"):
+                continue
+            if v is None:
+                if not optional:
+                    raise ValueError(f"GenerationConfig.{f.name} must not be null")
+                continue
+            if kind == "int":
+                ok, want = isinstance(v, int) and not isinstance(v, bool), "an integer"
+            elif kind == "float":
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                want = "a finite number"
+            elif kind == "bool":
+                ok, want = isinstance(v, bool), "true or false"
+            else:
+                ok, want = isinstance(v, bool) or v == "never", 'true, false or "never"'
+            if not ok:
+                raise ValueError(f"GenerationConfig.{f.name} must be {want}, got {v!r}")
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -87,31 +161,257 @@ class GenerationConfig:
 
     @classmethod
     def from_model_config(cls, config: BartConfig, **overrides: Any) -> "GenerationConfig":
-        """Defaults from the model config (the generation fields real checkpoints carry), then overrides."""
-        base = {
-            "max_length": config.max_length, "min_length": config.min_length, "num_beams": config.num_beams,
-            "no_repeat_ngram_size": config.no_repeat_ngram_size, "length_penalty": config.length_penalty,
-            "early_stopping": config.early_stopping, "forced_bos_token_id": config.forced_bos_token_id,
-            "forced_eos_token_id": config.forced_eos_token_id,
-            "decoder_start_token_id": config.decoder_start_token_id, "bos_token_id": config.bos_token_id,
-            "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,
-        }
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise TypeError(f"generate() got unknown options {unknown}; known options: {sorted(known)}")
-        base.update({k: v for k, v in overrides.items() if v is not None or k in ("forced_bos_token_id",
-                                                                                 "forced_eos_token_id")})
-        gen = cls(**base)
-        for name in ("forced_bos_token_id", "forced_eos_token_id", "decoder_start_token_id", "eos_token_id",
-                     "pad_token_id", "bos_token_id"):
-            v = getattr(gen, name)
-            if v is not None and not 0 <= v < config.vocab_size:
-                raise ValueError(f"GenerationConfig.{name}={v} is outside the vocabulary [0, {config.vocab_size})")
+        """The options a model config carries, as the reference's ``from_model_config``: every option the
+        config sets to a non-null value (``num_beams``, ``max_length``, the token ids, ...; nulls leave the
+        defaults), then ``overrides`` as ``generate`` keyword arguments."""
+        values = {k: v for k, v in config.to_dict().items() if v is not None}
+        gen = cls._from_mapping(values, known_only=True)
+        if not gen.return_dict_in_generate and any(gen._get(flag) for flag in _OUTPUT_FLAGS):
+            gen = dataclasses.replace(gen, return_dict_in_generate=True)
+        object.__setattr__(gen, "_from_model_config", True)
+        if overrides:
+            gen = _apply_options(gen, overrides)
+        _check_vocab(gen, config)
         return gen
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], **kwargs: Any) -> "GenerationConfig":
+        """From a ``generation_config.json`` mapping (``kwargs`` override it). Keys the reference writes but
+        this class does not model go to ``extra``; the metadata keys are kept as such."""
+        return cls._from_mapping({**d, **kwargs}, known_only=False)
+
+    @classmethod
+    def _from_mapping(cls, d: Mapping[str, Any], known_only: bool) -> "GenerationConfig":
+        fields = {f.name for f in dataclasses.fields(cls) if f.init and f.name != "extra"}
+        values, extra = {}, {}
+        for k, v in d.items():
+            if k in METADATA_FIELDS:
+                continue
+            if k == "eos_token_id" and isinstance(v, list) and len(v) == 1:  # the reference's list form
+                v = v[0]
+            if k in fields:
+                values[k] = v
+            elif not known_only or k in REFERENCE_ONLY_DEFAULTS or k in REFERENCE_NEUTRAL_DEFAULTS:
+                extra[k] = v
+        if isinstance(d.get("extra"), Mapping) and "extra" not in fields:
+            extra.update(d["extra"])
+            extra.pop("extra", None)
+        try:
+            gen = cls(**values, extra=extra)
+        except TypeError as e:
+            raise ValueError(f"GenerationConfig: {e}") from None
+        object.__setattr__(gen, "_from_model_config", d.get("_from_model_config") is True)
+        if isinstance(d.get("transformers_version"), str):
+            object.__setattr__(gen, "transformers_version", d["transformers_version"])
+        return gen
+
+    def _get(self, name: str, default: Any = None) -> Any:
+        """An option by name, whether a field or kept in ``extra``."""
+        if name in self.__dataclass_fields__ and name != "extra":
+            return getattr(self, name)
+        return self.extra.get(name, default)
+
+    @staticmethod
+    def _default(name: str) -> Any:
+        """The reference's default of an option (``GenerationConfig()``'s, or the reference-only tables)."""
+        f = GenerationConfig.__dataclass_fields__.get(name)
+        if f is not None and f.init and name != "extra":
+            return f.default
+        return {**REFERENCE_ONLY_DEFAULTS, **REFERENCE_NEUTRAL_DEFAULTS}.get(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option (``extra`` included) and ``transformers_version``, as the reference's ``to_dict``."""
+        d: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.init and f.name != "extra":
+                d[f.name] = getattr(self, f.name)
+        d.update(json.loads(json.dumps(dict(self.extra))))
+        if self.seed is None:
+            d.pop("seed")  # not a reference option
+        d["_from_model_config"] = self._from_model_config
+        d["transformers_version"] = REFERENCE_VERSION
+        return d
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        """The options that differ from the defaults, as the reference's ``to_diff_dict`` (what
+        ``generation_config.json`` holds)."""
+        d = {k: v for k, v in self.to_dict().items()
+             if k == "transformers_version" or k not in METADATA_FIELDS and v != self._default(k)
+             or k == "_from_model_config" and v}
+        return d
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """JSON as the reference writes ``generation_config.json`` (sorted keys, indent 2)."""
+        return json.dumps(self.to_diff_dict() if use_diff else self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, directory: str | os.PathLike) -> str:
+        """Write ``directory/generation_config.json`` atomically; returns its path."""
+        os.makedirs(directory, exist_ok=True)
+        file = os.path.join(os.fspath(directory), GENERATION_CONFIG_NAME)
+        atomic_write_text(file, self.to_json_string())
+        return file
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, model_config: BartConfig | None = None) -> "GenerationConfig":
+        """Read ``generation_config.json`` from a checkpoint folder (or that file given directly). A folder
+        without one gets the options of its model config, as the reference's model ``from_pretrained``:
+        ``model_config`` when given, else its ``config.json``. Errors name the file (``ConfigError``, a
+        ``ValueError``); ``FileNotFoundError`` when there is neither file."""
+        path = os.fspath(path)
+        file = os.path.join(path, GENERATION_CONFIG_NAME) if os.path.isdir(path) else path
+        if os.path.isfile(file):
+            d = read_json_object(file)
+            try:
+                return cls.from_dict(d)
+            except ValueError as e:
+                raise ConfigError(f"{file}: {e}") from None
+        if model_config is not None:
+            return cls.from_model_config(model_config)
+        if os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG_NAME)):
+            return cls.from_model_config(BartConfig.from_pretrained(path))
+        raise FileNotFoundError(f"no {GENERATION_CONFIG_NAME} or {CONFIG_NAME} at {path}")
 
     def replace(self, **changes: Any) -> "GenerationConfig":
         return dataclasses.replace(self, **changes)
+
+
+GENERATIVE_HEADS = ("conditional_generation", "causal_lm")
+
+
+def default_generation_config(config: BartConfig, head: str) -> Optional[GenerationConfig]:
+    """A new model's ``generation_config``, as the reference's: made from the model config for the heads that
+    generate, ``None`` for the others (``BartModel``, classification, question answering)."""
+    return GenerationConfig.from_model_config(config) if head in GENERATIVE_HEADS else None
+
+
+def _check_vocab(gen: GenerationConfig, config: BartConfig) -> None:
+    for name in _TOKEN_FIELDS:
+        v = getattr(gen, name)
+        if v is not None and not 0 <= v < config.vocab_size:
+            raise ValueError(f"GenerationConfig.{name}={v} is outside the vocabulary [0, {config.vocab_size})")
+
+
+def _apply_options(gen: GenerationConfig, options: Mapping[str, Any]) -> GenerationConfig:
+    """``gen`` with ``generate`` keyword arguments applied. ``None`` leaves an option as it is, except where
+    ``None`` is a value of the option (the token ids, ``max_new_tokens``, ``seed``, ...). Reference options this
+    library does not model go to ``extra`` (refused later when not at their default); any other name is a
+    ``TypeError`` naming it."""
+    fields = {f.name: f for f in dataclasses.fields(gen) if f.init and f.name != "extra"}
+    changes, extra, unknown = {}, {}, []
+    for k, v in options.items():
+        if k in fields:
+            if v is not None or fields[k].default is None:
+                changes[k] = v
+        elif k in REFERENCE_ONLY_DEFAULTS or k in REFERENCE_NEUTRAL_DEFAULTS:
+            extra[k] = v
+        else:
+            unknown.append(k)
+    if unknown:
+        raise TypeError(f"generate() got unknown options {sorted(unknown)}; known options: {sorted(fields)}")
+    if extra:
+        changes["extra"] = {**gen.extra, **extra}
+    return dataclasses.replace(gen, **changes) if changes else gen
+
+
+def _version_at_least(version: Optional[str], major: int, minor: int) -> bool:
+    """Whether a transformers version string ("4.27.0.dev0") is at least major.minor; None is ours."""
+    if version is None:
+        return True
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts + [0] * (2 - len(parts))) >= (major, minor)
+
+
+def model_default_generation_config(config: BartConfig, generation_config: Optional[GenerationConfig]) -> GenerationConfig:
+    """The generation config a model decodes with by default: its ``generation_config``, unless that was made
+    from the model config and left unchanged while generation fields were since set on the model config (the
+    reference's deprecated legacy rule: then those fields win, with a warning). A model's ``save_pretrained``
+    should write this one, so that such fields move into generation_config.json as the reference moves them."""
+    if generation_config is None:
+        return GenerationConfig.from_model_config(config)
+    if generation_config._from_model_config and config.non_default_generation_parameters():
+        fresh = GenerationConfig.from_model_config(config)
+        if fresh != generation_config:
+            warnings.warn("generation options were set on the model config; they are used, but belong in "
+                          "model.generation_config (the reference's deprecated legacy rule)", UserWarning,
+                          stacklevel=3)
+            return fresh
+    return generation_config
+
+
+def resolve_generation_config(model_generation_config: Optional[GenerationConfig],
+                              generation_config: Optional[GenerationConfig], kwargs: Mapping[str, Any],
+                              model_config: Optional[BartConfig] = None) -> GenerationConfig:
+    """The options one ``generate`` call decodes with; the one precedence rule of all backends, as transformers
+    4.57.6 ``_prepare_generation_config``:
+
+    1. ``kwargs`` (explicit ``generate`` keyword arguments; ``use_model_defaults`` among them);
+    2. ``generation_config`` given to ``generate``: its options that differ from the defaults. Those it leaves at
+       the default take the model's value, when the model's config was written by transformers >= 4.50 or
+       ``use_model_defaults=True`` (with an older one, or ``use_model_defaults=False``, only its unset token ids
+       are taken from the model);
+    3. ``model_generation_config`` (``model.generation_config``; see ``model_default_generation_config`` for the
+       legacy rule on ``model_config``);
+    4. the defaults of ``GenerationConfig()``.
+
+    Token ids still unset come from ``model_config``; then ``decoder_start_token_id`` falls back to
+    ``bos_token_id`` and ``pad_token_id`` to ``eos_token_id``, as the reference. Raises ``TypeError`` for an
+    unknown option and ``ValueError`` for a reference option set to a value this library does not implement
+    (named), or a token id outside the vocabulary.
+    """
+    kwargs = dict(kwargs)
+    use_model_defaults = kwargs.pop("use_model_defaults", None)
+    if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+        raise TypeError(f"generation_config must be a bart_core.GenerationConfig, got "
+                        f"{type(generation_config).__name__}")
+    if model_config is not None and (generation_config is None or model_generation_config is None):
+        model_gen = model_default_generation_config(model_config, model_generation_config)
+    else:
+        model_gen = model_generation_config if model_generation_config is not None else GenerationConfig()
+    if generation_config is None:
+        gen = model_gen
+    elif use_model_defaults is True or (use_model_defaults is None
+                                        and _version_at_least(model_gen.transformers_version, 4, 50)):
+        changes, extra = {}, dict(generation_config.extra)
+        fields = [f.name for f in dataclasses.fields(GenerationConfig) if f.init and f.name != "extra"]
+        for name in fields + [k for k in model_gen.extra if k not in fields]:
+            default = GenerationConfig._default(name)
+            mine, model_value = generation_config._get(name, default), model_gen._get(name, default)
+            if mine == default and model_value != default:
+                if name in fields:
+                    changes[name] = model_value
+                else:
+                    extra[name] = model_value
+        gen = dataclasses.replace(generation_config, extra=extra, **changes)
+    else:
+        gen = dataclasses.replace(generation_config, **{
+            name: model_gen._get(name) for name in ("bos_token_id", "eos_token_id", "pad_token_id",
+                                                    "decoder_start_token_id")
+            if getattr(generation_config, name) is None})
+    gen = _apply_options(gen, kwargs)
+    if model_config is not None:
+        tokens = {name: getattr(model_config, name) for name in ("bos_token_id", "eos_token_id", "pad_token_id",
+                                                                 "decoder_start_token_id")
+                  if getattr(gen, name) is None and getattr(model_config, name) is not None}
+        if tokens:
+            gen = dataclasses.replace(gen, **tokens)
+    if gen.decoder_start_token_id is None and gen.bos_token_id is not None:
+        gen = dataclasses.replace(gen, decoder_start_token_id=gen.bos_token_id)
+    if gen.pad_token_id is None and gen.eos_token_id is not None:
+        gen = dataclasses.replace(gen, pad_token_id=gen.eos_token_id)
+    if gen.decoder_start_token_id is None:
+        raise ValueError("generate() needs decoder_start_token_id or bos_token_id (neither the options nor the "
+                         "model config set one)")
+    unsupported = {k: v for k, v in gen.extra.items() if k in REFERENCE_ONLY_DEFAULTS
+                   and v != REFERENCE_ONLY_DEFAULTS[k]}
+    if unsupported:
+        raise ValueError(f"generation options {unsupported} are not implemented by this library (only their "
+                         f"defaults {({k: REFERENCE_ONLY_DEFAULTS[k] for k in unsupported})} are)")
+    if model_config is not None:
+        _check_vocab(gen, model_config)
+    return gen
 
 
 REFERENCE_DEFAULT_MAX_LENGTH = 20  # the reference's global default max_length

@@ -9,6 +9,8 @@ float32. The numpy helpers here are the executable definition the backends are t
 
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import numpy as np
 
 from bart_core.config import BartConfig
@@ -24,22 +26,123 @@ def shift_tokens_right(input_ids: np.ndarray, pad_token_id: int, decoder_start_t
     return np.where(out == -100, pad_token_id, out)
 
 
+def _check_id_range(ids: np.ndarray, name: str, vocab_size: int, ignore: Optional[int] = None) -> None:
+    """``ValueError`` naming the first id outside ``[0, vocab_size)`` (``ignore``, e.g. -100, allowed)."""
+    bad = (ids < 0) | (ids >= vocab_size)
+    if ignore is not None:
+        bad &= ids != ignore
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        allowed = f"[0, {vocab_size})" + ("" if ignore is None else f" (or {ignore}, ignored)")
+        raise ValueError(f"{name} contains {'label' if ignore is not None else 'token id'} {int(ids[where])} at "
+                         f"position {where}, outside the vocabulary {allowed}")
+
+
+def _check_length(name: str, length: int, past_length: int, config: BartConfig) -> None:
+    if past_length + length > config.max_position_embeddings:
+        cached = f" (with {past_length} cached positions)" if past_length else ""
+        raise ValueError(f"{name} has length {past_length + length}{cached}, more than "
+                         f"max_position_embeddings={config.max_position_embeddings}")
+
+
 def check_token_ids(input_ids: np.ndarray, config: BartConfig, name: str = "input_ids",
                     past_length: int = 0) -> None:
     """Raise ``ValueError`` for a token id outside ``[0, vocab_size)`` or a sequence longer than the position
     table. Called in eager mode by every backend (their gathers would otherwise return silent garbage)."""
     ids = np.asarray(input_ids)
     if ids.size:
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= config.vocab_size:
-            bad = lo if lo < 0 else hi
-            where = tuple(int(i) for i in np.argwhere(ids == bad)[0])
-            raise ValueError(f"{name} contains token id {bad} at position {where}, outside the vocabulary "
-                             f"[0, {config.vocab_size})")
-    length = past_length + (ids.shape[-1] if ids.ndim else 0)
-    if length > config.max_position_embeddings:
-        raise ValueError(f"{name} has length {length} (with {past_length} cached positions), more than "
-                         f"max_position_embeddings={config.max_position_embeddings}")
+        _check_id_range(ids, name, config.vocab_size)
+    _check_length(name, ids.shape[-1] if ids.ndim else 0, past_length, config)
+
+
+# ------------------------------------------------------------------ model-entry checks
+# Each backend calls ``check_model_inputs`` once at its entry points (forward / call / __call__ and generate),
+# never inside the decoding loop. Shapes and dtypes are static under tf.function, XLA and jax.jit, so those
+# rules always run; the value rules (token ids and labels in range) need concrete values and run in eager mode
+# only. Under compilation an id or label outside the vocabulary is not detected: XLA gathers clamp it into
+# range (wrong numbers), TensorFlow's CPU gather raises, and a label >= vocab_size gives a NaN loss.
+
+class TensorInfo(NamedTuple):
+    """What the checks read of one argument; each backend builds it from its own tensor type."""
+    shape: Optional[tuple]            # sizes, an unknown size (tracing) as None; None if the rank is unknown
+    dtype: str                        # numpy-style name: "int32", "float32", "bool", "bfloat16", ...
+    values: Optional[np.ndarray] = None  # concrete values (token ids and labels only), None when traced
+
+
+TOKEN_IDS = ("input_ids", "decoder_input_ids")
+EMBEDS = ("inputs_embeds", "decoder_inputs_embeds")
+VALUE_CHECKED = TOKEN_IDS + ("labels",)   # the arguments whose values are read when concrete
+# mask -> the arguments whose (batch, length) it must equal, first present wins
+MASK_PARTNERS = {
+    "attention_mask": ("input_ids", "inputs_embeds", "encoder_outputs"),
+    "decoder_attention_mask": ("decoder_input_ids", "decoder_inputs_embeds"),
+    "encoder_attention_mask": ("encoder_hidden_states",),
+}
+RANKS = {"input_ids": 2, "decoder_input_ids": 2, "labels": 2, "attention_mask": 2, "decoder_attention_mask": 2,
+         "encoder_attention_mask": 2, "inputs_embeds": 3, "decoder_inputs_embeds": 3, "encoder_outputs": 3,
+         "encoder_hidden_states": 3}
+_AXES = {2: "(batch, length)", 3: "(batch, length, d_model)"}
+
+
+def _is_integer(dtype: str) -> bool:
+    return dtype.startswith(("int", "uint"))
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    """Equal sizes where both are known."""
+    return all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
+def check_model_inputs(config: BartConfig, args: dict, causal: bool = False, cache: bool = False,
+                       past_length: int = 0) -> None:
+    """Refuse inputs the network would misread, naming the argument: ``TypeError`` for token ids or labels
+    that are not integers (a float id would be truncated), ``ValueError`` for a wrong rank, an empty batch or
+    sequence, a sequence longer than the position table, embeddings whose last axis is not ``d_model``, a mask
+    whose shape differs from its sequence (no broadcasting of a batch of 1), labels whose shape differs from the
+    decoder sequence, and (values known) ids outside ``[0, vocab_size)`` or labels outside it and not -100.
+
+    ``args``: ``{argument name: TensorInfo}`` of the arguments given (names as in ``RANKS``). ``causal``: the
+    decoder-only model, whose sequence is ``input_ids`` / ``inputs_embeds``. ``cache``: a KV cache is passed, so
+    the decoder's mask covers the cache (only its batch is checked); ``past_length``: positions already in it
+    (0 when unknown while tracing)."""
+    decoder = ("input_ids", "inputs_embeds") if causal else ("decoder_input_ids", "decoder_inputs_embeds")
+    for name, info in args.items():
+        shape = info.shape
+        if name in TOKEN_IDS + ("labels",) and not _is_integer(info.dtype):
+            what = "labels" if name == "labels" else "token ids"
+            raise TypeError(f"{name} must hold integer {what}, got dtype {info.dtype}")
+        if shape is None or name not in RANKS:
+            continue
+        if len(shape) != RANKS[name]:
+            raise ValueError(f"{name} must have rank {RANKS[name]} {_AXES[RANKS[name]]}, got shape {shape}")
+        if name in TOKEN_IDS + EMBEDS:
+            if shape[0] == 0:
+                raise ValueError(f"{name} has an empty batch (shape {shape})")
+            if shape[1] == 0:
+                raise ValueError(f"{name} has no positions (shape {shape})")
+            if shape[1] is not None:
+                _check_length(name, shape[1], past_length if name in decoder else 0, config)
+        if name in EMBEDS + ("encoder_outputs", "encoder_hidden_states") and shape[2] not in (None, config.d_model):
+            raise ValueError(f"{name} has shape {shape}: its last axis must be d_model={config.d_model}")
+        if info.values is not None and name in VALUE_CHECKED and info.values.size:
+            _check_id_range(info.values, name, config.vocab_size, -100 if name == "labels" else None)
+    for mask, partners in MASK_PARTNERS.items():
+        partner = next((p for p in partners if p in args), None)
+        if mask not in args or partner is None or args[mask].shape is None or args[partner].shape is None:
+            continue
+        m, s = args[mask].shape, args[partner].shape[:2]
+        if cache and partner in decoder:  # the mask covers the cache: its length is the cache's
+            if not _same(m[:1], s[:1]):
+                raise ValueError(f"{mask} has shape {m} but {partner} has shape {args[partner].shape}: their "
+                                 "batch sizes must match")
+        elif not _same(m, s):
+            raise ValueError(f"{mask} has shape {m} but {partner} has shape {args[partner].shape}: the mask must "
+                             f"have shape {s} (batch, length), it is not broadcast")
+    partner = next((p for p in decoder if p in args), None)
+    if "labels" in args and partner is not None and None not in (args["labels"].shape, args[partner].shape):
+        if not _same(args["labels"].shape, args[partner].shape[:2]):
+            raise ValueError(f"labels has shape {args['labels'].shape} but {partner} has shape "
+                             f"{args[partner].shape}: labels must have shape {args[partner].shape[:2]}")
 
 
 def check_unpadded_prompt(input_ids: np.ndarray, attention_mask: np.ndarray | None, pad_token_id: int | None,

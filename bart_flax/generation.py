@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bart_core import GenerationConfig, check_token_ids
-from bart_core.generation import resolve_lengths
+from bart_core import GenerationConfig
+from bart_core.generation import resolve_generation_config, resolve_lengths
 from bart_core.inputs import check_unpadded_prompt
 from bart_core.outputs import GenerateOutput
 
@@ -294,13 +294,16 @@ def _compiled(model, gen: GenerationConfig):
     return fn
 
 
-def generate(model, input_ids, attention_mask=None, params=None, prng_key=None, **options):
-    """See ``BartForConditionalGeneration.generate`` and ``BartForCausalLM.generate``."""
-    gen = GenerationConfig.from_model_config(model.config, **options)
+def generate(model, input_ids, attention_mask=None, params=None, prng_key=None, generation_config=None, **options):
+    """See ``BartForConditionalGeneration.generate`` and ``BartForCausalLM.generate``. ``options`` override
+    ``generation_config``, which overrides ``model.generation_config`` (``resolve_generation_config``)."""
+    gen = resolve_generation_config(getattr(model, "generation_config", None), generation_config, options,
+                                    model.config)
     causal = model.head == "causal_lm"
     eager = not isinstance(input_ids, jax.core.Tracer)
+    from bart_flax.modeling import check_inputs
+    check_inputs(model.config, causal, input_ids=input_ids, attention_mask=attention_mask)
     if eager:
-        check_token_ids(np.asarray(input_ids), model.config, "input_ids")
         if causal and not isinstance(attention_mask, jax.core.Tracer):
             check_unpadded_prompt(np.asarray(input_ids), None if attention_mask is None else
                                   np.asarray(attention_mask), gen.pad_token_id, gen.eos_token_id)

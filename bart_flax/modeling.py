@@ -6,10 +6,14 @@ The parameter tree is the reference ``flax_model.msgpack`` tree one to one (``mo
 Every function here is pure: parameters, dropout keys and the KV cache go in as arguments and come out as
 results, so ``jax.jit`` applies to ``__call__``, ``encode``, ``decode`` and whole train steps.
 
-Bad input inside ``jax.jit``: token ids cannot be checked on tracers. An out-of-range id gathers a row of NaN
-(``jnp.take(mode="fill")``), so the outputs of that sequence are NaN rather than silently wrong; a decode step
-past the end of the cache writes at the clamped last slot (``lax.dynamic_update_slice``) and its output is
-undefined. Outside ``jit`` both raise ``ValueError`` before any computation.
+Bad input: every entry point (``__call__``, ``encode``, ``decode``, ``generate``) checks its arguments with
+``bart_core.inputs.check_model_inputs``. Shapes and dtypes are static, so ranks, masks matching their sequence,
+integer ids and labels and lengths are checked inside ``jax.jit`` too. Values cannot be checked on tracers: an
+out-of-range id gathers a row of NaN (``jnp.take(mode="fill")``), so the outputs of that sequence are NaN rather
+than silently wrong; a label ``>= vocab_size`` gives a NaN loss and a negative label other than -100 reads the
+log-probability of ``vocab_size + label``; a decode step past the end of the cache writes at the clamped last slot
+(``lax.dynamic_update_slice``) and its output is undefined. Outside ``jit`` all of these raise ``ValueError``
+before any computation.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from bart_core import BartConfig, check_token_ids
+from bart_core import BartConfig
+from bart_core.generation import default_generation_config
+from bart_core.inputs import VALUE_CHECKED, TensorInfo, check_model_inputs
 from bart_core.names import POSITION_OFFSET
 from bart_core.outputs import (
     BaseModelOutput,
@@ -573,9 +579,27 @@ def _is_concrete(x) -> bool:
     return x is not None and not isinstance(x, jax.core.Tracer)
 
 
-def _check_ids(config, ids, name, past_length=0):
-    if _is_concrete(ids):
-        check_token_ids(np.asarray(ids), config, name, past_length)
+def _tensor_info(x, values: bool) -> TensorInfo:
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):  # lists
+        x = np.asarray(x)
+    integer = np.issubdtype(x.dtype, np.integer)
+    return TensorInfo(tuple(x.shape), np.dtype(x.dtype).name,
+                      np.asarray(x) if values and integer and _is_concrete(x) else None)
+
+
+def check_inputs(config: BartConfig, causal: bool = False, past_key_values=None, **args) -> None:
+    """``bart_core.inputs.check_model_inputs`` on the arguments given, once per entry point (``__call__``,
+    ``encode``, ``decode``, ``generate``). Shapes and dtypes are checked under ``jax.jit`` too; values (ids and
+    labels in range) only when concrete: under jit an id outside the vocabulary reads a clamped row and a label
+    outside it gives a wrong or NaN loss."""
+    encoder = args.pop("encoder_outputs", None)
+    if encoder is not None:
+        args["encoder_outputs"] = _hidden(encoder)
+    past = 0
+    if past_key_values is not None and _is_concrete(past_key_values["index"]):
+        past = int(past_key_values["index"])
+    check_model_inputs(config, {k: _tensor_info(v, k in VALUE_CHECKED) for k, v in args.items() if v is not None},
+                       causal, past_key_values is not None, past)
 
 
 def _hidden(encoder_outputs):
@@ -609,6 +633,7 @@ class BartPreTrainedModel:
         if not isinstance(config, BartConfig):
             raise TypeError(f"config must be a bart_core.BartConfig, got {type(config).__name__}")
         self.config = config
+        self.generation_config = default_generation_config(config, self.head)  # None for non-generating heads
         self.dtype = dtype
         self.module = self.module_class(config, dtype)
         self._generate_cache: dict = {}
@@ -661,13 +686,15 @@ class BartPreTrainedModel:
         return self
 
     @classmethod
-    def from_pretrained(cls, path, dtype: Dtype = jnp.float32, **config_overrides):
+    def from_pretrained(cls, pretrained_model_name_or_path=None, *model_args, **kwargs):
+        """Load a checkpoint folder or hub id; keywords as the reference (see ``bart_flax.io.from_pretrained``)."""
         from bart_flax.io import from_pretrained
-        return from_pretrained(cls, path, dtype=dtype, **config_overrides)
+        return from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
-    def save_pretrained(self, path, flax_model: bool = False, max_shard_size=None):
+    def save_pretrained(self, save_directory, params=None, **kwargs):
+        """Save atomically in the reference layout (see ``bart_flax.io.save_pretrained``)."""
         from bart_flax.io import save_pretrained
-        return save_pretrained(self, path, flax_model=flax_model, max_shard_size=max_shard_size)
+        return save_pretrained(self, save_directory, params=params, **kwargs)
 
     # ------------------------------------------------------------------ plumbing
     def _apply(self, params, *args, method=None, train=False, dropout_rng=None, **kw):
@@ -688,10 +715,12 @@ class BartPreTrainedModel:
         return fn(self.params if params is None else params, args, dynamic, rngs)
 
     def _seq2seq_inputs(self, input_ids, attention_mask, decoder_input_ids, decoder_inputs_embeds, labels,
-                        encoder_outputs=None):
+                        encoder_outputs=None, inputs_embeds=None, decoder_attention_mask=None, past_key_values=None):
         c = self.config
-        _check_ids(c, input_ids, "input_ids")
-        _check_ids(c, decoder_input_ids, "decoder_input_ids")
+        check_inputs(c, False, past_key_values, input_ids=input_ids, attention_mask=attention_mask,
+                     inputs_embeds=inputs_embeds, encoder_outputs=encoder_outputs, decoder_input_ids=decoder_input_ids,
+                     decoder_attention_mask=decoder_attention_mask, decoder_inputs_embeds=decoder_inputs_embeds,
+                     labels=labels)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             source = labels if labels is not None else input_ids
             if source is None:
@@ -719,7 +748,7 @@ class BartPreTrainedModel:
     def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None, head_mask=None,
                output_attentions=False, output_hidden_states=False, params=None, train=False,
                dropout_rng=None) -> BaseModelOutput:
-        _check_ids(self.config, input_ids, "input_ids")
+        check_inputs(self.config, input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds)
         if attention_mask is None and input_ids is not None:
             attention_mask = jnp.ones(jnp.shape(input_ids), jnp.int32)
         return self._apply(params, input_ids, attention_mask, inputs_embeds=inputs_embeds, head_mask=head_mask,
@@ -751,13 +780,12 @@ class BartPreTrainedModel:
     def _decoder_call(self, params, decoder_input_ids, encoder_outputs, encoder_attention_mask,
                       decoder_attention_mask, past_key_values, decoder_position_ids, decoder_inputs_embeds,
                       output_attentions, output_hidden_states, train, dropout_rng, method="decode"):
+        check_inputs(self.config, False, past_key_values, decoder_input_ids=decoder_input_ids,
+                     decoder_attention_mask=decoder_attention_mask, decoder_inputs_embeds=decoder_inputs_embeds,
+                     encoder_hidden_states=_hidden(encoder_outputs), encoder_attention_mask=encoder_attention_mask)
         ids = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
         t, b = ids.shape[1], ids.shape[0]
         self._check_cache(past_key_values, t, b)
-        past = 0
-        if past_key_values is not None and _is_concrete(past_key_values["index"]):
-            past = int(past_key_values["index"])
-        _check_ids(self.config, decoder_input_ids, "decoder_input_ids", past)
         return self._apply(params, decoder_input_ids, _hidden(encoder_outputs), encoder_attention_mask,
                            attention_mask=decoder_attention_mask, cache=past_key_values,
                            position_ids=decoder_position_ids, inputs_embeds=decoder_inputs_embeds,
@@ -800,7 +828,8 @@ class BartModel(BartPreTrainedModel):
                  output_attentions=None, output_hidden_states=None, return_dict=None, decoder_position_ids=None,
                  params=None, train=False, dropout_rng=None) -> Seq2SeqModelOutput:
         attention_mask, decoder_input_ids = self._seq2seq_inputs(input_ids, attention_mask, decoder_input_ids,
-                                                                 decoder_inputs_embeds, None, encoder_outputs)
+                                                                 decoder_inputs_embeds, None, encoder_outputs,
+                                                                 inputs_embeds, decoder_attention_mask, past_key_values)
         return self._forward(params, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
                              head_mask, decoder_head_mask, cross_attn_head_mask, encoder_outputs, past_key_values,
                              inputs_embeds, decoder_inputs_embeds, output_attentions, output_hidden_states, train,
@@ -837,7 +866,8 @@ class BartForConditionalGeneration(BartModel):
                  output_attentions=None, output_hidden_states=None, return_dict=None, decoder_position_ids=None,
                  params=None, train=False, dropout_rng=None) -> Seq2SeqLMOutput:
         attention_mask, decoder_input_ids = self._seq2seq_inputs(input_ids, attention_mask, decoder_input_ids,
-                                                                 decoder_inputs_embeds, labels, encoder_outputs)
+                                                                 decoder_inputs_embeds, labels, encoder_outputs,
+                                                                 inputs_embeds, decoder_attention_mask, past_key_values)
         out, logits = self._forward(params, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
                                     head_mask, decoder_head_mask, cross_attn_head_mask, encoder_outputs,
                                     past_key_values, inputs_embeds, decoder_inputs_embeds, output_attentions,
@@ -866,6 +896,7 @@ class BartForSequenceClassification(BartModel):
                  dropout_rng=None) -> Seq2SeqSequenceClassifierOutput:
         if input_ids is None:
             raise ValueError("BartForSequenceClassification needs input_ids (it pools at the last <eos>)")
+        check_inputs(self.config, input_ids=input_ids)
         if _is_concrete(input_ids):
             counts = (np.asarray(input_ids) == self.config.eos_token_id).sum(1)
             if len(np.unique(counts)) > 1:
@@ -873,7 +904,8 @@ class BartForSequenceClassification(BartModel):
             if counts.size and counts[0] == 0:
                 raise ValueError("input_ids have no <eos> token to pool the sentence representation at")
         attention_mask, decoder_input_ids = self._seq2seq_inputs(input_ids, attention_mask, decoder_input_ids,
-                                                                 decoder_inputs_embeds, None, encoder_outputs)
+                                                                 decoder_inputs_embeds, None, encoder_outputs,
+                                                                 inputs_embeds, decoder_attention_mask, past_key_values)
         dec = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
         if dec.shape[1] != input_ids.shape[1]:
             raise ValueError(f"the <eos> positions of input_ids (length {input_ids.shape[1]}) index the decoder "
@@ -919,7 +951,8 @@ class BartForQuestionAnswering(BartModel):
                  past_key_values=None, params=None, train=False,
                  dropout_rng=None) -> Seq2SeqQuestionAnsweringModelOutput:
         attention_mask, decoder_input_ids = self._seq2seq_inputs(input_ids, attention_mask, decoder_input_ids,
-                                                                 decoder_inputs_embeds, None, encoder_outputs)
+                                                                 decoder_inputs_embeds, None, encoder_outputs,
+                                                                 inputs_embeds, decoder_attention_mask, past_key_values)
         out, start, end = self._forward(params, input_ids, attention_mask, decoder_input_ids,
                                         decoder_attention_mask, head_mask, decoder_head_mask, cross_attn_head_mask,
                                         encoder_outputs, past_key_values, inputs_embeds, decoder_inputs_embeds,
@@ -947,12 +980,11 @@ class BartForCausalLM(BartPreTrainedModel):
                  head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
                  use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
                  position_ids=None, params=None, train=False, dropout_rng=None) -> CausalLMOutputWithCrossAttentions:
+        check_inputs(self.config, True, past_key_values, input_ids=input_ids, attention_mask=attention_mask,
+                     inputs_embeds=inputs_embeds, encoder_hidden_states=_hidden(encoder_hidden_states),
+                     encoder_attention_mask=encoder_attention_mask, labels=labels)
         ids = input_ids if input_ids is not None else inputs_embeds
         self._check_cache(past_key_values, ids.shape[1], ids.shape[0])
-        past = 0
-        if past_key_values is not None and _is_concrete(past_key_values["index"]):
-            past = int(past_key_values["index"])
-        _check_ids(self.config, input_ids, "input_ids", past)
         out, logits = self._apply(params, input_ids, attention_mask, _hidden(encoder_hidden_states),
                                   encoder_attention_mask, cache=past_key_values, position_ids=position_ids,
                                   inputs_embeds=inputs_embeds, head_mask=head_mask,

@@ -1,5 +1,6 @@
 """BART on Keras 3 (TensorFlow backend): the same five models, checkpoints and numbers as the other backends."""
 
+from bart_tf.data import prepare_tf_dataset
 from bart_tf.modeling import (
     BartForCausalLM,
     BartForConditionalGeneration,
@@ -10,4 +11,4 @@ from bart_tf.modeling import (
 )
 
 __all__ = ["BartForCausalLM", "BartForConditionalGeneration", "BartForQuestionAnswering",
-           "BartForSequenceClassification", "BartModel", "KVCache"]
+           "BartForSequenceClassification", "BartModel", "KVCache", "prepare_tf_dataset"]

@@ -13,7 +13,7 @@ import os
 
 import tensorflow as tf
 
-from bart_core.generation import GenerationConfig, resolve_lengths
+from bart_core.generation import GenerationConfig, resolve_generation_config, resolve_lengths
 
 
 class GenerateModule(tf.Module):
@@ -42,7 +42,8 @@ def export_generate(model, path: str | os.PathLike, jit_compile: bool = False, *
     if model.head == "causal_lm":
         raise NotImplementedError("export_generate supports BartForConditionalGeneration; BartForCausalLM.generate "
                                   "needs a static prompt length, which the exported signature does not fix")
-    gen = resolve_lengths(GenerationConfig.from_model_config(model.config, **options), 1,
+    gen = resolve_lengths(resolve_generation_config(getattr(model, "generation_config", None), None, options,
+                                                    model.config), 1,
                           options.get("max_length") is not None, model.config.max_position_embeddings)
     module = GenerateModule(model, gen, jit_compile)
     path = os.fspath(path)

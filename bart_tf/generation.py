@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from bart_core.generation import GenerationConfig, resolve_lengths
+from bart_core.generation import GenerationConfig, resolve_generation_config, resolve_lengths
 from bart_core.inputs import check_unpadded_prompt
 from bart_core.outputs import GenerateOutput
 
@@ -323,11 +323,12 @@ class GenerationMixin:
         return functions[key]
 
     def generate(self, input_ids, attention_mask=None, jit_compile: bool | None = None, run_eagerly: bool = False,
-                 **options):
+                 generation_config=None, **options):
         """Generate ids ``(B * num_return_sequences, L)``: rows start with the decoder start token
         (``BartForConditionalGeneration``) or with the prompt ``input_ids`` (``BartForCausalLM``).
 
-        Options are ``bart_core.generation.GenerationConfig`` fields (defaults from the model config).
+        Options are ``bart_core.generation.GenerationConfig`` fields; they override ``generation_config``, which
+        overrides ``self.generation_config`` (``bart_core.generation.resolve_generation_config``).
         ``jit_compile=True`` compiles the whole loop with XLA (one compilation per option set and input shape);
         ``jit_compile=False`` runs the whole loop as a TensorFlow graph; ``None`` (default) runs the loop eagerly
         in Python with the network step (decoder + LM head) as a graph traced once per model and shape, no XLA;
@@ -335,11 +336,11 @@ class GenerationMixin:
         Called inside a ``tf.function``, it traces into the caller, skips the eager input checks and returns the
         uncropped ``max_length`` columns.
         """
-        gen = GenerationConfig.from_model_config(self.config, **options)
+        gen = resolve_generation_config(getattr(self, "generation_config", None), generation_config, options,
+                                        self.config)
         eager = tf.executing_eagerly()
-        if eager:
-            from bart_core.inputs import check_token_ids
-            check_token_ids(np.asarray(input_ids), self.config, "input_ids")
+        from bart_tf.modeling import check_inputs
+        check_inputs(self.config, self.head == "causal_lm", input_ids=input_ids, attention_mask=attention_mask)
         input_ids = tf.cast(tf.convert_to_tensor(input_ids), tf.int32)
         if attention_mask is None:  # the reference infers the mask from padding when pad != eos
             if gen.pad_token_id is not None and gen.pad_token_id != gen.eos_token_id:

@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 
-from bart_core.checkpoint import (
-    FLAX_WEIGHTS_NAME,
-    PT_WEIGHTS_NAME,
-    SAFE_WEIGHTS_INDEX_NAME,
-    SAFE_WEIGHTS_NAME,
-    TF_WEIGHTS_NAME,
-    CheckpointError,
-    LoadReport,
-    align_state_dict,
-    export_state_dict,
-    find_weight_file,
-    load_state_dict,
-    write_safetensors,
-)
-from bart_core.config import BartConfig
-from bart_core.formats.tf_h5 import write_tf_h5
+from bart_core.checkpoint import CheckpointError, LoadReport, align_state_dict
 from bart_core.names import param_table
+from bart_core.pretrained import generation_config_to_save, prepare_load, save_folder, warn_report
 
-# the native file first, then the others
-PREFERENCE = (TF_WEIGHTS_NAME, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, PT_WEIGHTS_NAME, FLAX_WEIGHTS_NAME)
+TF_KEYWORDS = ("dtype",)
 
 
 class PretrainedMixin:
@@ -51,7 +35,9 @@ class PretrainedMixin:
     def load_numpy_state_dict(self, state, source: str = "state dict") -> LoadReport:
         """Copy ``state`` (any canonical naming, see ``align_state_dict``) into the variables; shapes are checked
         before anything is assigned. Missing head tensors keep their fresh initialisation (warning)."""
-        report = align_state_dict(state, self.config, self.head, source)
+        return self._assign(align_state_dict(state, self.config, self.head, source), source)
+
+    def _assign(self, report: LoadReport, source: str) -> LoadReport:
         variables = self.canonical_variables()
         expected = {s.name for s in param_table(self.config, self.head) if s.stored}
         if set(variables) != expected:
@@ -67,35 +53,47 @@ class PretrainedMixin:
             assignments.append((var, arr))
         for var, arr in assignments:
             var.assign(arr.astype(var.dtype))
-        if report.missing_head:
-            warnings.warn(f"{source}: head tensors not found, freshly initialised: {report.missing_head}",
-                          stacklevel=3)
-        if report.unexpected:
-            warnings.warn(f"{source}: unused tensors: {report.unexpected}", stacklevel=3)
+        warn_report(report, type(self).__name__, source)
         return report
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **config_overrides):
-        """Read config.json and the weights (tf_model.h5, model.safetensors, pytorch_model.bin or
-        flax_model.msgpack, in that preference) from a checkpoint directory."""
-        path = os.fspath(path)
-        config = BartConfig.from_pretrained(path, **config_overrides)
-        model = cls(config)
-        file = find_weight_file(path, PREFERENCE)
-        model.load_numpy_state_dict(load_state_dict(path, PREFERENCE), source=file)
-        return model
+    def from_pretrained(cls, pretrained_model_name_or_path=None, *model_args, **kwargs):
+        """Build the model from a checkpoint folder or hub id (any weight format; ``model.safetensors`` first, as
+        the reference TF classes and the other backends choose). Keywords as the reference: ``config``,
+        ``output_loading_info``, ``ignore_mismatched_sizes``, ``revision``, ``cache_dir``, ``local_files_only``,
+        ``token``, ``from_pt``; any other keyword must be a config field."""
+        where = f"{cls.__name__}.from_pretrained"
+        if model_args:
+            raise TypeError(f"{where}() takes no positional arguments after the path, got {len(model_args)}")
+        prep = prepare_load(cls, pretrained_model_name_or_path, kwargs, accepted=TF_KEYWORDS)
+        dtype = prep.options.get("dtype")
+        if dtype not in (None, "float32") and getattr(dtype, "name", None) != "float32":
+            raise NotImplementedError(f"{where}: dtype={dtype!r}: the Keras models load in float32; for bfloat16 "
+                                      "compute set keras.mixed_precision.set_global_policy('mixed_bfloat16') first")
+        model = cls(prep.config)
+        if prep.report is not None:
+            model._assign(prep.report, prep.weight_file)
+        if prep.generation_config is not None and hasattr(model, "generation_config"):
+            model.generation_config = prep.generation_config
+        return (model, prep.loading_info) if prep.options.get("output_loading_info") else model
 
-    def save_pretrained(self, path: str | os.PathLike, tf_model: bool = False, max_shard_size=None) -> list[str]:
-        """Write config.json and model.safetensors (atomic); ``tf_model=True`` adds tf_model.h5 in the
-        reference layout."""
-        path = os.fspath(path)
-        os.makedirs(path, exist_ok=True)
-        config = self.config
-        if self.head == "causal_lm":
-            config = config.copy(is_decoder=True, is_encoder_decoder=False)
-        written = [config.save_pretrained(path)]
-        tensors = export_state_dict(self.numpy_state_dict(), self.config, self.head)
-        written += write_safetensors(tensors, path, max_shard_size=max_shard_size)
-        if tf_model:
-            written.append(write_tf_h5(tensors, self.config, self.head, os.path.join(path, TF_WEIGHTS_NAME)))
+    def save_pretrained(self, save_directory, saved_model: bool = False, max_shard_size=None,
+                        safe_serialization: bool = False, **kwargs) -> list[str]:
+        """Write ``config.json``, ``generation_config.json`` (generative heads) and ``tf_model.h5`` as the reference
+        TF classes do (``model.safetensors`` with ``safe_serialization=True``), as one atomic unit; weight files of
+        another save in the folder are removed once the new ones are in place. ``saved_model=True`` also exports
+        ``saved_model/1`` (``bart_tf.export``)."""
+        formats = ["safetensors"] if safe_serialization else ["tf"]
+        written = save_folder(save_directory, self.config, self.head, self.numpy_state_dict(), formats,
+                              generation_config=generation_config_to_save(self), max_shard_size=max_shard_size,
+                              where=f"{type(self).__name__}.save_pretrained", **kwargs)
+        if saved_model:
+            written.append(self._export_saved_model(os.path.join(os.fspath(save_directory), "saved_model", "1")))
         return written
+
+    def _export_saved_model(self, path: str) -> str:
+        if self.head != "conditional_generation":
+            raise NotImplementedError("save_pretrained(saved_model=True) exports generate, which only "
+                                      "BartForConditionalGeneration has; use model.export(path) for the forward pass")
+        from bart_tf.export import export_generate
+        return export_generate(self, path)

@@ -4,15 +4,20 @@ Every layer carries the ``name=`` of the canonical table (``bart_core.names``); 
 layer's children under their canonical names, so the state dict is a walk over the tree (``canonical_variables``).
 Masks follow ``bart_core.inputs`` (True = attend, one fill value ``finfo(float32).min``, softmax in float32).
 
-Bad token ids: in eager mode every ``input_ids`` / ``decoder_input_ids`` goes through
-``bart_core.inputs.check_token_ids`` and raises ``ValueError``. Inside ``tf.function`` the check cannot run:
-without XLA, TensorFlow's CPU gather raises ``InvalidArgumentError`` while its GPU gather returns a zero row;
-under XLA (``jit_compile=True``) gathers clamp the index into ``[0, vocab_size - 1]``, so an out-of-range id
-silently reads the first or last embedding row. Validate ids before entering compiled code.
+Bad inputs: the model's ``__call__`` and ``generate`` check their arguments with
+``bart_core.inputs.check_model_inputs`` before Keras wraps ``call``, so the error starts with the problem. Shapes
+and dtypes (ranks, masks matching their sequence, integer ids and labels, lengths) are checked under
+``tf.function`` and XLA too; values (ids and labels in ``[0, vocab_size)``) only in eager mode. Inside
+``tf.function`` an out-of-range id is not detected: without XLA, TensorFlow's CPU gather raises
+``InvalidArgumentError`` while its GPU gather returns a zero row; under XLA (``jit_compile=True``) gathers clamp
+the index into ``[0, vocab_size - 1]``, so the id silently reads the first or last embedding row, and a label
+``>= vocab_size`` gives a NaN loss. Validate ids and labels before entering compiled code.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import NamedTuple, Optional
 
@@ -22,7 +27,8 @@ import tensorflow as tf
 
 from bart_core import outputs as O
 from bart_core.config import BartConfig
-from bart_core.inputs import check_token_ids
+from bart_core.generation import default_generation_config
+from bart_core.inputs import VALUE_CHECKED, TensorInfo, check_model_inputs, check_token_ids
 from bart_core.names import POSITION_OFFSET
 from bart_tf.generation import CausalGenerationMixin, GenerationMixin
 from bart_tf.io import PretrainedMixin
@@ -68,6 +74,31 @@ def shift_tokens_right(ids: tf.Tensor, pad_token_id: int, decoder_start_token_id
 def _check_ids(ids, config: BartConfig, name: str, past_length=0) -> None:
     if ids is not None and tf.executing_eagerly():
         check_token_ids(np.asarray(ids), config, name, int(past_length))
+
+
+def _tensor_info(x, values: bool) -> TensorInfo:
+    if not tf.is_tensor(x):  # lists and numpy arrays
+        x = np.asarray(x)
+        return TensorInfo(x.shape, x.dtype.name, x if values and x.dtype.kind in "iu" else None)
+    dtype = tf.as_dtype(x.dtype)
+    shape = None if x.shape.rank is None else tuple(x.shape.as_list())
+    concrete = values and dtype.is_integer and tf.executing_eagerly()
+    return TensorInfo(shape, dtype.name, np.asarray(x) if concrete else None)
+
+
+def check_inputs(config: BartConfig, causal: bool = False, past_key_values=None, **args) -> None:
+    """``bart_core.inputs.check_model_inputs`` on the arguments given, once per entry point (the model's
+    ``__call__`` and ``generate``). Shapes and dtypes are checked under tf.function and XLA too; values (ids and
+    labels in range) in eager mode only. Keras' symbolic placeholders are skipped."""
+    encoder = args.pop("encoder_outputs", None)
+    if encoder is not None:
+        args["encoder_outputs"] = encoder[0] if isinstance(encoder, (tuple, list, O.ModelOutput)) else encoder
+    past = 0
+    if past_key_values is not None:
+        past = tf.get_static_value(past_key_values.index) or 0
+    check_model_inputs(config, {k: _tensor_info(v, k in VALUE_CHECKED) for k, v in args.items()
+                                if v is not None and not isinstance(v, keras.KerasTensor)},
+                       causal, past_key_values is not None, int(past))
 
 
 def matmul_2d(x, w, transpose_b: bool = False):
@@ -591,6 +622,16 @@ def canonical_variables(layer, prefix: str = "") -> dict:
     return out
 
 
+_CHECKED = ("input_ids", "attention_mask", "inputs_embeds", "decoder_input_ids", "decoder_attention_mask",
+            "decoder_inputs_embeds", "encoder_outputs", "encoder_hidden_states", "encoder_attention_mask", "labels")
+
+
+@functools.lru_cache(maxsize=None)
+def _call_parameters(cls) -> tuple:
+    """Names of ``cls.call``'s parameters, in order (positional arguments of ``__call__`` map onto them)."""
+    return tuple(inspect.signature(cls.call).parameters)[1:]
+
+
 class BartPreTrainedModel(PretrainedMixin, KerasTrainingMixin, keras.Model):
     """Shared by the five classes: config handling, canonical state dict, IO, Keras training hooks."""
 
@@ -600,6 +641,19 @@ class BartPreTrainedModel(PretrainedMixin, KerasTrainingMixin, keras.Model):
     def __init__(self, config: BartConfig, **kwargs):
         super().__init__(**kwargs)
         self.config = config
+        self.generation_config = default_generation_config(config, self.head)  # None for non-generating heads
+
+    def __call__(self, *args, **kwargs):
+        """Inputs are checked here, before Keras wraps ``call``: its errors would start with "Exception
+        encountered when calling ...", not with the problem."""
+        given = dict(zip(_call_parameters(type(self)), args), **kwargs)
+        if isinstance(given.get("input_ids"), dict):
+            given = {**given, **given.pop("input_ids")}
+        if self.head not in ("conditional_generation", "causal_lm"):
+            given.pop("labels", None)  # class labels and positions: not token ids
+        check_inputs(self.config, self.head == "causal_lm", given.get("past_key_values"),
+                     **{k: given.get(k) for k in _CHECKED})
+        return super().__call__(*args, **kwargs)
 
     def _finish_init(self):  # create every variable now, so the state dict exists before the first call
         for layer in self._layers:

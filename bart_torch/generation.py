@@ -26,10 +26,11 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bart_core.generation import GenerationConfig, resolve_lengths
+from bart_core.generation import GenerationConfig, resolve_generation_config, resolve_lengths
 from bart_core.inputs import check_unpadded_prompt
 from bart_core.outputs import BaseModelOutput, GenerateOutput
 
@@ -284,20 +285,23 @@ def _to_tensor(x, device, dtype=torch.long):
         return None
     if isinstance(x, torch.Tensor):
         return x.to(device)
-    return torch.as_tensor(x, dtype=dtype, device=device)
+    x = np.asarray(x)  # non-integer values keep their dtype, so the input check refuses them rather than truncate
+    return torch.as_tensor(x, dtype=dtype if x.dtype.kind in "iub" else None, device=device)
 
 
 def generate(model, input_ids=None, attention_mask=None, generator: Optional[torch.Generator] = None,
-             inference_mode: bool = True, encoder_outputs=None, **options):
+             inference_mode: bool = True, encoder_outputs=None, generation_config=None, **options):
     """Generate with ``model`` (``BartForConditionalGeneration`` or ``BartForCausalLM``).
 
-    ``options`` are ``GenerationConfig`` fields (defaults from the model config). As the reference, a
+    ``options`` are ``GenerationConfig`` fields; they override ``generation_config``, which overrides
+    ``model.generation_config`` (``bart_core.generation.resolve_generation_config``). As the reference, a
     ``max_length`` left at 20 (neither ``max_length`` nor ``max_new_tokens`` given) means 20 tokens after the
     prompt (start token), capped at ``max_position_embeddings``. ``generator`` (or ``seed``)
     drives sampling. ``inference_mode`` runs under ``torch.inference_mode()`` (no autograd bookkeeping).
     Returns ids ``(B * num_return_sequences, L)``, or ``GenerateOutput`` with ``return_dict_in_generate=True``.
     """
-    gen = GenerationConfig.from_model_config(model.config, **options)
+    gen = resolve_generation_config(getattr(model, "generation_config", None), generation_config, options,
+                                    model.config)
     ctx = torch.inference_mode() if inference_mode else torch.no_grad()
     with ctx:
         return _generate(model, input_ids, attention_mask, gen, generator, encoder_outputs,
@@ -306,7 +310,7 @@ def generate(model, input_ids=None, attention_mask=None, generator: Optional[tor
 
 def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator, encoder_outputs,
               max_length_given: bool):
-    from bart_torch.modeling import BartForCausalLM, KVCache, _check_ids
+    from bart_torch.modeling import BartForCausalLM, KVCache, check_inputs
 
     config = model.config
     device = model.get_input_embeddings().weight.device
@@ -315,9 +319,12 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
     if input_ids is None and encoder_outputs is None:
         raise ValueError("generate() needs input_ids (or encoder_outputs)")
     if input_ids is not None:
-        if input_ids.dim() == 1:
+        if input_ids.dim() == 1:  # one unbatched prompt (and its mask)
             input_ids = input_ids[None]
-        _check_ids(input_ids, config, "input_ids")
+            if attention_mask is not None and attention_mask.dim() == 1:
+                attention_mask = attention_mask[None]
+    causal = isinstance(model, BartForCausalLM)
+    check_inputs(config, causal, input_ids=input_ids, attention_mask=attention_mask, encoder_outputs=encoder_outputs)
     if attention_mask is None and input_ids is not None:
         pad = gen.pad_token_id
         if pad is not None and pad != gen.eos_token_id and bool((input_ids == pad).any()):
@@ -325,7 +332,6 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
     if gen.seed is not None and generator is None and gen.do_sample:
         generator = torch.Generator(device=device).manual_seed(gen.seed)
     expand = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences
-    causal = isinstance(model, BartForCausalLM)
     dtype = model.get_input_embeddings().weight.dtype
 
     if causal:

@@ -9,27 +9,15 @@ writes ``config.json`` and ``model.safetensors`` atomically in the reference lay
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Mapping
 
 import numpy as np
 import torch
 
-from bart_core.checkpoint import (
-    FLAX_WEIGHTS_NAME,
-    PT_WEIGHTS_NAME,
-    SAFE_WEIGHTS_INDEX_NAME,
-    SAFE_WEIGHTS_NAME,
-    TF_WEIGHTS_NAME,
-    align_state_dict,
-    export_state_dict,
-    load_state_dict,
-    write_safetensors,
-)
+from bart_core.checkpoint import align_state_dict
 from bart_core.config import BartConfig
 from bart_core.names import param_table
-
-TORCH_PREFERENCE = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, PT_WEIGHTS_NAME, TF_WEIGHTS_NAME, FLAX_WEIGHTS_NAME)
+from bart_core.pretrained import generation_config_to_save, prepare_load, save_folder, warn_report
 
 
 def _named_tensors(model) -> dict[str, torch.Tensor]:
@@ -65,36 +53,73 @@ def load_numpy_state_dict(model, state: Mapping[str, np.ndarray], source: str = 
     """
     report = align_state_dict(state, model.config, model.head, source=source)
     _copy_in(model, report.params)
-    if report.missing_head:
-        warnings.warn(f"{source}: tensors missing for {type(model).__name__}, freshly initialised: "
-                      f"{', '.join(report.missing_head)}", stacklevel=3)
-    if report.unexpected:
-        warnings.warn(f"{source}: unexpected tensors not used by {type(model).__name__}: "
-                      f"{', '.join(report.unexpected)}", stacklevel=3)
+    warn_report(report, type(model).__name__, source)
     return report.missing_head
 
 
-def from_pretrained(cls, path: str | os.PathLike, **config_overrides):
-    """Build ``cls`` from a checkpoint directory: config.json plus any supported weight file."""
-    path = os.fspath(path)
-    config = BartConfig.from_pretrained(path, **config_overrides)
-    state = load_state_dict(path, prefer=TORCH_PREFERENCE)
-    report = align_state_dict(state, config, cls.head, source=path)  # raises before the model is built
-    model = cls(config)
-    _copy_in(model, report.params)
-    if report.missing_head:
-        warnings.warn(f"{path}: tensors missing for {cls.__name__}, freshly initialised: "
-                      f"{', '.join(report.missing_head)}", stacklevel=3)
-    if report.unexpected:
-        warnings.warn(f"{path}: unexpected tensors not used by {cls.__name__}: {', '.join(report.unexpected)}",
-                      stacklevel=3)
-    return model.eval()
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+TORCH_KEYWORDS = ("torch_dtype", "dtype", "device_map", "low_cpu_mem_usage", "attn_implementation", "weights_only",
+                  "_fast_init")
 
 
-def save_pretrained(model, path: str | os.PathLike, max_shard_size: int | str | None = None) -> list[str]:
-    """Write ``config.json`` and ``model.safetensors`` (sharded with an index when ``max_shard_size`` is given)."""
-    path = os.fspath(path)
-    os.makedirs(path, exist_ok=True)
-    tensors = export_state_dict(numpy_state_dict(model), model.config, model.head)
-    files = write_safetensors(tensors, path, max_shard_size=max_shard_size)
-    return [model.config.save_pretrained(path)] + files
+def _torch_dtype(value, config: BartConfig, where: str):
+    """``torch_dtype`` / ``dtype`` as the reference reads it: a torch dtype, its name, or ``"auto"`` (the dtype the
+    checkpoint's config records, else float32)."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if value == "auto":
+        value = config.extra.get("dtype") or config.extra.get("torch_dtype") or "float32"
+    name = str(value).replace("torch.", "")
+    if name not in _DTYPES:
+        raise ValueError(f"{where}: dtype {value!r} is not one of {', '.join(_DTYPES)} or 'auto'")
+    return _DTYPES[name]
+
+
+def _device(device_map, where: str):
+    if device_map is None:
+        return None
+    if device_map == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device_map, (str, int, torch.device)):
+        return torch.device(device_map)
+    raise NotImplementedError(f"{where}: device_map={device_map!r}: only one device (a name, index or 'auto') is "
+                              "supported; move sub-modules yourself for a split model")
+
+
+def from_pretrained(cls, path: str | os.PathLike | None = None, *model_args, **kwargs):
+    """Build ``cls`` from a checkpoint folder or hub id, with the reference's keywords (see
+    ``bart_core.pretrained``): ``torch_dtype``/``dtype``, ``device_map`` (one device), ``output_loading_info``,
+    ``ignore_mismatched_sizes``, ``config``, ``revision``, ``cache_dir``, ``local_files_only``, ``token``; any
+    other keyword must be a config field."""
+    where = f"{cls.__name__}.from_pretrained"
+    if model_args:
+        raise TypeError(f"{where}() takes no positional arguments after the path, got {len(model_args)}")
+    prep = prepare_load(cls, path, kwargs, accepted=TORCH_KEYWORDS)
+    dtype = _torch_dtype(prep.options.get("torch_dtype", prep.options.get("dtype")), prep.config, where)
+    device = _device(prep.options.get("device_map"), where)
+    model = cls(prep.config)
+    if prep.report is not None:
+        _copy_in(model, prep.report.params)
+        warn_report(prep.report, cls.__name__, prep.weight_file)
+    if prep.generation_config is not None and hasattr(model, "generation_config"):
+        model.generation_config = prep.generation_config
+    if dtype is not None:
+        model.to(dtype)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return (model, prep.loading_info) if prep.options.get("output_loading_info") else model
+
+
+def save_pretrained(model, path: str | os.PathLike, max_shard_size: int | str | None = None,
+                    safe_serialization: bool = True, state_dict=None, **kwargs) -> list[str]:
+    """Write ``config.json``, ``generation_config.json`` (generative heads) and ``model.safetensors`` (sharded
+    with an index when ``max_shard_size`` is given; ``pytorch_model.bin`` with ``safe_serialization=False``) as one
+    atomic unit; weight files of another save in the folder are removed once the new ones are in place."""
+    state = numpy_state_dict(model) if state_dict is None else {
+        k: (v.detach().float().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+        for k, v in state_dict.items()}
+    formats = ["safetensors"] if safe_serialization else ["torch_bin"]
+    return save_folder(path, model.config, model.head, state, formats,
+                       generation_config=generation_config_to_save(model), max_shard_size=max_shard_size,
+                       where=f"{type(model).__name__}.save_pretrained", **kwargs)

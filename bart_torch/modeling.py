@@ -29,13 +29,15 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bart_core.config import BartConfig
-from bart_core.inputs import check_token_ids
+from bart_core.generation import default_generation_config
+from bart_core.inputs import VALUE_CHECKED, TensorInfo, check_model_inputs, check_token_ids
 from bart_core.names import POSITION_OFFSET
 from bart_core.outputs import (
     BaseModelOutput,
@@ -178,6 +180,28 @@ def linear(module: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = No
 def _check_ids(ids: Optional[torch.Tensor], config: BartConfig, name: str, past_length: int = 0) -> None:
     if ids is not None and not _is_tracing():
         check_token_ids(ids.detach().cpu().numpy(), config, name, past_length)
+
+
+def _tensor_info(x, values: bool) -> TensorInfo:
+    if not isinstance(x, torch.Tensor):  # generate also takes lists and numpy arrays
+        x = np.asarray(x)
+        return TensorInfo(x.shape, x.dtype.name, x if values and x.dtype.kind in "iu" else None)
+    integer = not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+    return TensorInfo(tuple(x.shape), str(x.dtype).removeprefix("torch."),
+                      x.detach().cpu().numpy() if values and integer else None)
+
+
+def check_inputs(config: BartConfig, causal: bool = False, past_key_values=None, **args) -> None:
+    """``bart_core.inputs.check_model_inputs`` on the arguments given, once per entry point (forward, generate);
+    skipped under torch.jit / torch.compile tracing."""
+    if _is_tracing():
+        return
+    encoder = args.pop("encoder_outputs", None)
+    if encoder is not None:
+        args["encoder_outputs"] = encoder[0] if isinstance(encoder, (tuple, list, BaseModelOutput)) else encoder
+    past = 0 if past_key_values is None else _as_cache(past_key_values).index
+    check_model_inputs(config, {k: _tensor_info(v, k in VALUE_CHECKED) for k, v in args.items() if v is not None},
+                       causal, past_key_values is not None, past)
 
 
 def _all_true(mask: Optional[torch.Tensor]) -> bool:
@@ -627,6 +651,7 @@ class BartPreTrainedModel(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
+        self.generation_config = default_generation_config(config, self.head)  # None for non-generating heads
 
     def post_init(self) -> None:
         with torch.no_grad():
@@ -707,13 +732,15 @@ class BartPreTrainedModel(nn.Module):
 
     # ------------------------------------------------------------------ IO (io.py) and decoding (generation.py)
     @classmethod
-    def from_pretrained(cls, path, **config_overrides):
+    def from_pretrained(cls, pretrained_model_name_or_path=None, *model_args, **kwargs):
+        """Load a checkpoint folder or hub id; keywords as the reference (see ``bart_torch.io.from_pretrained``)."""
         from bart_torch.io import from_pretrained
-        return from_pretrained(cls, path, **config_overrides)
+        return from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs)
 
-    def save_pretrained(self, path, max_shard_size=None):
+    def save_pretrained(self, save_directory, **kwargs):
+        """Save atomically in the reference layout (see ``bart_torch.io.save_pretrained``)."""
         from bart_torch.io import save_pretrained
-        return save_pretrained(self, path, max_shard_size=max_shard_size)
+        return save_pretrained(self, save_directory, **kwargs)
 
     def numpy_state_dict(self) -> dict:
         from bart_torch.io import numpy_state_dict
@@ -745,6 +772,10 @@ class BartModel(BartPreTrainedModel):
                 head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
                 past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, use_cache=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None) -> Seq2SeqModelOutput:
+        check_inputs(self.config, past_key_values=past_key_values, input_ids=input_ids, attention_mask=attention_mask,
+                     inputs_embeds=inputs_embeds, encoder_outputs=encoder_outputs,
+                     decoder_input_ids=decoder_input_ids, decoder_attention_mask=decoder_attention_mask,
+                     decoder_inputs_embeds=decoder_inputs_embeds)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("without decoder_input_ids or decoder_inputs_embeds, input_ids is needed to make "
@@ -808,7 +839,9 @@ class BartForConditionalGeneration(BartPreTrainedModel):
                 head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
                 past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, labels=None, use_cache=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None) -> Seq2SeqLMOutput:
-        if labels is not None:
+        if labels is not None:  # the rest is checked by BartModel.forward
+            check_inputs(self.config, labels=labels, decoder_input_ids=decoder_input_ids,
+                         decoder_inputs_embeds=decoder_inputs_embeds)
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id,
@@ -866,6 +899,7 @@ class BartForSequenceClassification(BartPreTrainedModel):
         if input_ids is None:
             raise ValueError("BartForSequenceClassification needs input_ids: it pools the hidden state at the last "
                              "eos token")
+        check_inputs(self.config, input_ids=input_ids)
         if labels is not None:
             use_cache = False
         eos = input_ids == self.config.eos_token_id  # (B, S)
@@ -963,6 +997,9 @@ class BartForCausalLM(BartPreTrainedModel):
                 head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
                 use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
                 ) -> CausalLMOutputWithCrossAttentions:
+        check_inputs(self.config, True, past_key_values, input_ids=input_ids, attention_mask=attention_mask,
+                     inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
+                     encoder_attention_mask=encoder_attention_mask, labels=labels)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         out = self.model.decoder(input_ids=input_ids, attention_mask=attention_mask,
                                  encoder_hidden_states=encoder_hidden_states,

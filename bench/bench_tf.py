@@ -120,7 +120,7 @@ def write_checkpoint(config_kwargs: dict, path: str) -> None:
     from bart_core import BartConfig
     keras.utils.set_random_seed(0)
     model = bart_tf.BartForConditionalGeneration(BartConfig(**config_kwargs, dropout=0.0))
-    model.save_pretrained(path, tf_model=True)
+    model.save_pretrained(path)
     os.remove(os.path.join(path, "model.safetensors"))  # both sides read tf_model.h5
 
 

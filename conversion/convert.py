@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -35,11 +34,14 @@ from bart_core.checkpoint import (
     _read_header,
     align_state_dict,
     bf16_to_float32,
+    check_shard_name,
     find_weight_file,
     load_state_dict,
     parse_size,
 )
 from bart_core.config import CONFIG_NAME, BartConfig
+from bart_core.generation import GENERATION_CONFIG_NAME, GENERATIVE_HEADS, GenerationConfig
+from bart_core.fileio import folder_lock, recover_folder_swap, replace_folder, staging_folder
 from bart_core.names import HEADS, param_table
 
 TARGETS = ("torch", "tf", "flax", "safetensors", "all")
@@ -152,6 +154,7 @@ def _sharded_lazy(index_path: str) -> dict[str, LazyTensor]:
     folder = os.path.dirname(index_path)
     out: dict[str, LazyTensor] = {}
     for fname in sorted(set(weight_map.values())):
+        check_shard_name(index_path, fname)
         shard = os.path.join(folder, fname)
         if not os.path.isfile(shard):
             raise CheckpointError(f"{index_path}: shard {fname} is missing")
@@ -207,6 +210,7 @@ def _h5_lazy(path: str, config: BartConfig) -> dict[str, LazyTensor] | None:
             known[key(layer, wname)] = (name, transpose)
     out: dict[str, LazyTensor] = {}
     with h5py.File(path, "r") as f:
+        tf_h5.check_self_contained(f, path)
         if "layer_names" not in f.attrs:
             return None
         for layer in [v.decode() if isinstance(v, bytes) else str(v) for v in f.attrs["layer_names"]]:
@@ -644,12 +648,21 @@ def write_flax_msgpack_streaming(plan: Plan, tensors: Mapping[str, np.ndarray], 
 
 
 # ----------------------------------------------------------------------------------------- output folder
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def check_destination(dst: str, overwrite: bool, src: str | None = None) -> None:
-    dst_abs = os.path.realpath(dst)
+    """Refuse a DST that would destroy the source (DST is the source folder or contains it) or a non-empty DST
+    without ``overwrite``. Checked again under the DST lock just before the output is put in place."""
     if src is not None:
         src_dir = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
-        if os.path.realpath(src_dir) == dst_abs:
-            raise ConversionError(f"{dst}: DST is the source directory; convert into a new directory")
+        if _inside(src_dir, dst):
+            what = "is the source directory" if os.path.realpath(src_dir) == os.path.realpath(dst) else \
+                f"contains the source {src_dir}"
+            raise ConversionError(f"{dst}: DST {what}; replacing it would delete the source: convert into a "
+                                  "new directory")
     if os.path.exists(dst):
         if not os.path.isdir(dst):
             raise ConversionError(f"{dst}: exists and is not a directory")
@@ -657,31 +670,35 @@ def check_destination(dst: str, overwrite: bool, src: str | None = None) -> None
             raise ConversionError(f"{dst}: exists and is not empty; pass --overwrite to replace it")
 
 
+def check_free_space(folder: str, nbytes: int) -> None:
+    """Refuse to start when the file system of ``folder`` cannot hold ``nbytes`` (a full disk mid-write is handled
+    too, but HDF5 reports it badly and a refused start costs nothing)."""
+    free = shutil.disk_usage(folder).free
+    if nbytes > free:
+        raise ConversionError(f"{folder}: not enough free space: the output needs about {nbytes / 1e6:.1f} MB, "
+                              f"the file system has {free / 1e6:.1f} MB free")
+
+
 @contextlib.contextmanager
-def staged_directory(dst: str) -> Iterator[str]:
-    """A temporary folder beside ``dst`` that replaces ``dst`` on success and vanishes on any error."""
+def staged_directory(dst: str, overwrite: bool = False, src: str | None = None) -> Iterator[str]:
+    """A temporary folder beside ``dst`` that replaces ``dst`` on success and vanishes on any error.
+
+    The DST lock is held throughout, so two conversions into one DST never interleave: the second waits, then
+    finds DST written and refuses it without ``overwrite``. What a killed conversion left beside DST (a staging
+    folder, a previous DST moved aside) is repaired first (``bart_core.fileio.recover_folder_swap``)."""
     dst = os.path.abspath(dst)
     parent = os.path.dirname(dst)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=parent)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp / mkstemp make private entries; the output is a normal folder
-        for name in os.listdir(tmp):
-            os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
-        old = None
-        if os.path.exists(dst):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=parent)
-            os.rmdir(old)
-            os.rename(dst, old)
-        os.rename(tmp, dst)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with folder_lock(dst):
+        recover_folder_swap(dst)
+        check_destination(dst, overwrite, src)
+        tmp = staging_folder(dst)
+        try:
+            yield tmp
+            replace_folder(tmp, dst)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 # ----------------------------------------------------------------------------------------- convert
@@ -722,6 +739,13 @@ def output_config(plan: Plan) -> BartConfig:
     return config
 
 
+def _output_nbytes(plan: Plan, targets: Sequence[str], torch_bin: bool) -> int:
+    """About what the weight files of ``targets`` take on disk (safetensors counted once for torch/safetensors)."""
+    files = len(set("safetensors" if t == "torch" else t for t in targets)) + bool(torch_bin)
+    tf_wider = "tf" in targets and plan.dtype is not None and plan.dtype.itemsize < 4  # h5 is written in float32
+    return plan.nbytes * files + (plan.nbytes if tf_wider else 0)
+
+
 def targets_of(to: str) -> list[str]:
     if to not in TARGETS:
         raise ConversionError(f"--to {to!r} is not one of {', '.join(TARGETS)}")
@@ -740,10 +764,17 @@ def convert(src: str | Source, dst: str, to: str = "all", dtype: str | None = No
         raise ConversionError("--dtype bfloat16 cannot be written to tf_model.h5 (HDF5 has no bfloat16 type); "
                               "use float16 or float32")
     files = []
-    with staged_directory(dst) as tmp:
-        output_config(plan).save_pretrained(tmp)
+    check_free_space(os.path.dirname(os.path.abspath(dst)) if not os.path.isdir(dst) else dst,
+                     _output_nbytes(plan, targets, torch_bin))
+    with staged_directory(dst, overwrite, None if isinstance(src, Source) else src) as tmp:
+        config = output_config(plan)
+        generative = plan.head in GENERATIVE_HEADS  # as the reference: their generation fields move out of config
+        config.save_pretrained(tmp, move_generation_parameters=generative)
         files.append(CONFIG_NAME)
         files += _copy_side_files(source.directory, tmp)
+        if generative and GENERATION_CONFIG_NAME not in files and config.non_default_generation_parameters():
+            GenerationConfig.from_model_config(config).save_pretrained(tmp)  # a source from before the file
+            files.append(GENERATION_CONFIG_NAME)
         for target in dict.fromkeys("safetensors" if t == "torch" else t for t in targets):
             with _progress(plan.nbytes, f"{TARGET_FILES[target]}") as bar:
                 tensors = LazyTensors(plan, bar)

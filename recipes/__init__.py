@@ -10,13 +10,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from recipes.common import MODEL_PRESETS, RunConfig, initial_state, learning_rates, read_metrics
+from recipes.common import (
+    MODEL_PRESETS,
+    RecipeError,
+    RunConfig,
+    initial_state,
+    learning_rates,
+    model_config,
+    read_metrics,
+)
 
-__all__ = ["MODEL_PRESETS", "RunConfig", "initial_state", "learning_rates", "read_metrics", "train"]
+__all__ = ["MODEL_PRESETS", "RecipeError", "RunConfig", "initial_state", "learning_rates", "read_metrics", "train"]
 
 
 def train(run: RunConfig) -> dict[str, Any]:
-    """Run ``run`` on ``run.backend``; returns ``{"losses": [...], "eval": {...}, "out": ...}``."""
+    """Run ``run`` on ``run.backend``; returns ``{"losses": [...], "eval": {...}, "out": ...}``. Bad options,
+    data or checkpoints raise ``RecipeError`` / ``CheckpointError``."""
+    model_config(run)  # a bad --model fails here, before any framework or data is loaded
     if run.backend == "torch":
         from recipes.torch_train import train as backend_train
     elif run.backend == "tf":

@@ -8,7 +8,18 @@
   (summarisation-style JSON lines), ``BatchStream`` (an endless, seekable stream of micro-batches over epochs)
   and ``StepBatches`` (one optimizer step: micro-batches plus the token counts that weight the loss).
 - Schedule and bookkeeping: ``learning_rates`` (warm-up then linear decay, as a numpy table every backend reads),
-  ``MetricsLogger`` (JSON lines), ``CheckpointManager``, ``progress`` (tqdm), ``rouge_scores`` (rouge-score).
+  ``MetricsLogger`` (JSON lines), ``CheckpointManager`` and ``resume`` (crash-safe checkpoints, see below),
+  ``progress`` (tqdm), ``rouge_scores`` (rouge-score).
+- Errors: bad options, data or checkpoints raise ``RecipeError`` (or ``CheckpointError`` naming the file);
+  ``python -m recipes`` prints them as one line and exits 2.
+
+Checkpoints are written into a staging folder beside ``out/checkpoint-<step>`` (every file through
+``bart_core.fileio``: temporary file, fsync, rename) that is renamed into place only once complete, so a
+``checkpoint-*`` folder is always whole; older checkpoints are rotated out only after that. A run killed while
+saving leaves the previous checkpoints as they were; its staging folder is removed by the next run.
+``--resume latest`` takes the newest checkpoint that loads, warning about (and skipping) any newer one that does
+not, and is an error when none does; ``--resume auto`` does the same but starts fresh when ``out`` has no
+checkpoint yet; ``--resume FOLDER`` loads that checkpoint or fails.
 
 The loss of an optimizer step is the mean cross-entropy over every label token of the step: all micro-batches
 of gradient accumulation and all data-parallel replicas. Each backend weights its micro-batch losses by their
@@ -26,12 +37,15 @@ import os
 import pathlib
 import re
 import shutil
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from bart_core.checkpoint import CheckpointError
 from bart_core.config import BartConfig
 from bart_core.denoising import (
     CORPUS_DIR,
@@ -42,7 +56,13 @@ from bart_core.denoising import (
     make_documents,
     read_corpus,
 )
-from bart_core.fileio import atomic_write_text
+from bart_core.fileio import (
+    atomic_path,
+    atomic_write_text,
+    recover_folder_swap,
+    replace_folder,
+    staging_folder,
+)
 from bart_core.inputs import shift_tokens_right
 from bart_core.names import param_table
 
@@ -65,6 +85,14 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
                  decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,
                  max_position_embeddings=1024),
 }
+
+
+class RecipeError(ValueError):
+    """Bad options, data or checkpoint state: ``python -m recipes`` prints the message as one line, exit 2."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped because it could not be loaded."""
 
 
 # === Options ===
@@ -104,7 +132,8 @@ class RunConfig:
     out: str = "runs/bart"                 # metrics.jsonl, checkpoint-*/ and final/ go here
     save_every: int = 0                    # steps between checkpoints (0: none but the final model)
     keep_checkpoints: int = 2              # newest checkpoints kept (0: all)
-    resume: str | None = None              # "latest" or a checkpoint folder
+    resume: str | None = None              # "latest" (newest intact checkpoint in out; error if none), "auto"
+    #                                        (the same, or a fresh start if out has none) or a checkpoint folder
     log_every: int = 1
     progress: bool = True                  # tqdm bar on the main process
     bf16: bool = False                     # torch: bfloat16 autocast on CPU; flax: bfloat16 compute dtype;
@@ -116,7 +145,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
             if not cond:
-                raise ValueError(f"RunConfig: {msg}")
+                raise RecipeError(f"RunConfig: {msg}")
 
         need(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
         need(self.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {self.backend!r}")
@@ -174,13 +203,20 @@ def model_config(run: RunConfig, vocab_size: int = 50265) -> BartConfig:
     """The ``BartConfig`` of a run: a preset or ``config.json`` in a folder, then the dropout override."""
     if run.model in MODEL_PRESETS:
         config = BartConfig(vocab_size=vocab_size, **MODEL_PRESETS[run.model])
+    elif not (pathlib.Path(run.model) / "config.json").is_file():
+        raise RecipeError(f"--model {run.model}: neither a preset ({', '.join(MODEL_PRESETS)}) nor a folder with "
+                          "config.json")
     else:
-        config = BartConfig.from_pretrained(run.model)
+        try:
+            config = BartConfig.from_pretrained(run.model)
+        except (ValueError, OSError) as e:
+            raise RecipeError(f"--model {run.model}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+                from None
     if run.dropout is not None:
         config.dropout = float(run.dropout)
     needed = max(run.seq_len, run.target_len if run.task == "finetune" else 0)
     if config.max_position_embeddings < needed:
-        raise ValueError(f"seq_len/target_len {needed} exceed the model's max_position_embeddings "
+        raise RecipeError(f"seq_len/target_len {needed} exceed the model's max_position_embeddings "
                          f"{config.max_position_embeddings}")
     return config
 
@@ -258,18 +294,25 @@ def pretraining_data(run: RunConfig, tokenizer=None) -> tuple[list[np.ndarray], 
 
 
 def read_pairs(path: str | os.PathLike, source_key: str = "source", target_key: str = "target") -> list[tuple[str, str]]:
-    """(source, target) texts of a JSON-lines file."""
+    """(source, target) texts of a JSON-lines file; a bad line is a ``RecipeError`` naming the file and line."""
     pairs = []
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if source_key not in row or target_key not in row:
-                raise ValueError(f"{path}:{n}: a row needs {source_key!r} and {target_key!r}, got {sorted(row)}")
-            pairs.append((str(row[source_key]), str(row[target_key])))
+        try:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise RecipeError(f"{path}:{n}: not a JSON object ({e.msg})") from None
+                if not isinstance(row, dict) or source_key not in row or target_key not in row:
+                    got = sorted(row) if isinstance(row, dict) else type(row).__name__
+                    raise RecipeError(f"{path}:{n}: a row needs {source_key!r} and {target_key!r}, got {got}")
+                pairs.append((str(row[source_key]), str(row[target_key])))
+        except UnicodeDecodeError as e:
+            raise RecipeError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not pairs:
-        raise ValueError(f"{path}: no rows")
+        raise RecipeError(f"{path}: no rows")
     return pairs
 
 
@@ -453,11 +496,16 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
-            self.path.write_text("")
+            atomic_write_text(self.path, "")
         elif self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+                except (json.JSONDecodeError, AttributeError):  # a line cut short by a kill: dropped
+                    continue
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, **record: Any) -> None:
         if not self.enabled:
@@ -495,10 +543,45 @@ class Throughput:
         return r
 
 
+def write_file(path: str | os.PathLike, write: Any) -> None:
+    """``write(tmp)`` writes the file; it is fsynced and renamed to ``path`` only if that succeeds."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+
+
+def read_file(path: str | os.PathLike, read: Any) -> Any:
+    """``read(path)``, any failure (missing, truncated, not the expected content) as a ``CheckpointError``
+    naming the file."""
+    try:
+        return read(path)
+    except CheckpointError:
+        raise
+    except Exception as e:  # torch.load, np.load, pickle, zip and json errors alike: the file is bad
+        detail = str(e).splitlines()[0].split(". ")[0][:160] if str(e) else ""
+        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}{': ' + detail if detail else ''})") \
+            from None
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """``arrays`` as an ``.npz`` file at exactly ``path``, atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to the temporary name
+            np.savez(f, **arrays)
+    write_file(path, write)
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read now (a truncated member fails here, naming the file)."""
+    def read(p) -> dict[str, np.ndarray]:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    return read_file(path, read)
+
+
 class CheckpointManager:
     """``out/checkpoint-<step>/``: the model (``save_pretrained``), the backend's optimizer and RNG state, and
-    ``trainer_state.json`` (step, data position, run options), written last: a folder without it is
-    incomplete and ignored. Keeps the newest ``keep`` checkpoints."""
+    ``trainer_state.json`` (step, data position, run options). Written into a staging folder that is renamed
+    into place once complete; the oldest checkpoints beyond the newest ``keep`` are removed after that."""
 
     def __init__(self, out: str | os.PathLike, save_every: int, total_steps: int, keep: int = 2):
         self.out, self.save_every, self.total_steps, self.keep = pathlib.Path(out), save_every, total_steps, keep
@@ -509,37 +592,130 @@ class CheckpointManager:
     def folder(self, step: int) -> pathlib.Path:
         return self.out / f"{CHECKPOINT_PREFIX}{step:07d}"
 
-    def finish(self, folder: pathlib.Path, state: dict[str, Any]) -> None:
-        """Mark ``folder`` complete with ``state`` and prune old checkpoints."""
-        atomic_write_text(folder / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
-        if self.keep > 0:
-            for old in completed_checkpoints(self.out)[:-self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+    def save(self, trainer: "Trainer", step: int, state: dict[str, Any]) -> pathlib.Path:
+        """Every process writes its part (``trainer.save``) into one staging folder; the main process then adds
+        ``trainer_state.json``, publishes the folder and rotates old checkpoints out."""
+        final = self.folder(step)
+        staged = None
+        if trainer.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            staged = staging_folder(str(final))
+        staged = pathlib.Path(trainer.share(staged))
+        trainer.barrier()
+        trainer.save(staged)
+        trainer.barrier()
+        if trainer.is_main:
+            atomic_write_text(staged / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
+            replace_folder(str(staged), str(final))
+            self.prune()
+        trainer.barrier()
+        return final
+
+    def prune(self) -> None:
+        if self.keep <= 0:
+            return
+        for old in completed_checkpoints(self.out)[:-self.keep]:
+            # renamed aside first (one atomic step), so a kill during the removal leaves no half checkpoint
+            aside = tempfile.mkdtemp(prefix=f".{old.name}.del-pid{os.getpid()}-", dir=self.out)
+            os.replace(old, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_checkpoints(out: str | os.PathLike) -> list[str]:
+    """Clean up after killed runs in ``out``: staging folders and checkpoints half rotated out are removed; a
+    checkpoint or ``final`` that a kill left moved aside is restored (``bart_core.fileio.recover_folder_swap``)."""
+    folder = pathlib.Path(out)
+    if not folder.is_dir():
+        return []
+    actions, bases = [], set()
+    for entry in os.listdir(folder):
+        m = _STAGED.match(entry)
+        if m is None:
+            continue
+        if m.group(2) == "del":
+            if not _alive(int(m.group(3))):
+                shutil.rmtree(folder / entry, ignore_errors=True)
+                actions.append(f"removed {folder / entry}")
+        else:
+            bases.add(m.group(1))
+    return actions + [a for base in sorted(bases) for a in recover_folder_swap(str(folder / base))]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_STAGED = re.compile(rf"^\.({CHECKPOINT_PREFIX}\d+|final)\.(tmp|old|del)-pid(\d+)-")
 
 
 def completed_checkpoints(out: str | os.PathLike) -> list[pathlib.Path]:
     folder = pathlib.Path(out)
-    found = [p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file()]
+    found = [p for p in folder.glob(f"{CHECKPOINT_PREFIX}*")
+             if p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / STATE_FILE).is_file()]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def resolve_resume(run: RunConfig) -> pathlib.Path | None:
-    """The checkpoint folder to resume from: ``--resume latest`` (the newest complete one in ``out``, or none
-    yet) or a folder."""
-    if not run.resume:
-        return None
-    if run.resume == "latest":
-        found = completed_checkpoints(run.out)
-        return found[-1] if found else None
-    folder = pathlib.Path(run.resume)
-    if not (folder / STATE_FILE).is_file():
-        raise FileNotFoundError(f"{folder} is not a complete checkpoint (no {STATE_FILE})")
-    return folder
-
-
 def read_state(folder: str | os.PathLike) -> dict[str, Any]:
-    state = json.loads((pathlib.Path(folder) / STATE_FILE).read_text())
+    """``trainer_state.json`` of a checkpoint, checked: a ``CheckpointError`` naming the file if it is not one."""
+    path = pathlib.Path(folder) / STATE_FILE
+    state = read_file(path, lambda p: json.loads(pathlib.Path(p).read_text(encoding="utf-8")))
+    step = state.get("step") if isinstance(state, dict) else None
+    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0
+            and isinstance(state.get("run"), dict)):
+        raise CheckpointError(f"{path}: not a trainer state (needs an integer 'step' >= 0 and the 'run' options)")
     return state
+
+
+def resume(run: RunConfig, trainer: "Trainer") -> tuple[pathlib.Path | None, dict[str, Any] | None]:
+    """Load the checkpoint ``run.resume`` names into ``trainer``; returns (folder, trainer state), or (None,
+    None) for a fresh start. ``latest`` / ``auto``: the newest checkpoint in ``run.out`` that loads; newer ones
+    that do not are skipped with a ``CheckpointWarning`` naming the file. A checkpoint made with other
+    options, or whose step is beyond ``run.steps``, is an error, never skipped."""
+    if not run.resume:
+        return None, None
+    if run.resume in ("latest", "auto"):
+        candidates = completed_checkpoints(run.out)[::-1]
+        if not candidates:
+            if run.resume == "auto":
+                return None, None
+            raise RecipeError(f"--resume latest: no checkpoint in {run.out} (--resume auto starts fresh when "
+                              "there is none; leave --resume out to start fresh)")
+    else:
+        folder = pathlib.Path(run.resume)
+        if not (folder / STATE_FILE).is_file():
+            raise RecipeError(f"--resume {run.resume}: not a checkpoint folder (no {STATE_FILE})")
+        candidates = [folder]
+    skipped = []
+    for folder in candidates:
+        state, error = None, None
+        try:
+            state = read_state(folder)
+        except CheckpointError as e:
+            error = e
+        if state is not None:
+            check_resume(run, state)
+            if state["step"] > run.steps:
+                raise RecipeError(f"{folder / STATE_FILE}: step {state['step']} is beyond --steps {run.steps}")
+            try:
+                trainer.load(folder)
+            except CheckpointError as e:
+                error = e
+        if trainer.all_reduce_sum(float(error is not None)) == 0:  # every process loaded it
+            return folder, state
+        if len(candidates) == 1 and run.resume not in ("latest", "auto"):
+            raise error if error is not None else RecipeError(f"{folder}: cannot be loaded on every process")
+        skipped.append(folder.name)
+        if trainer.is_main:
+            warnings.warn(f"skipping checkpoint {folder}: {error if error is not None else 'another process failed'}"
+                          "; trying an older one", CheckpointWarning, stacklevel=2)
+    raise RecipeError(f"--resume {run.resume}: no checkpoint in {run.out} can be loaded (tried "
+                      f"{', '.join(skipped)})")
 
 
 def check_resume(run: RunConfig, state: dict[str, Any]) -> None:
@@ -549,7 +725,7 @@ def check_resume(run: RunConfig, state: dict[str, Any]) -> None:
              "warmup_steps", "steps", "devices", "mask", "permute_sentences", "dropout")
     changed = [k for k in fixed if saved.get(k) != getattr(run, k)]
     if changed:
-        raise ValueError(f"cannot resume: {', '.join(f'{k} {saved.get(k)!r} -> {getattr(run, k)!r}' for k in changed)}"
+        raise RecipeError(f"cannot resume: {', '.join(f'{k} {saved.get(k)!r} -> {getattr(run, k)!r}' for k in changed)}"
                          " differ from the checkpoint")
 
 
@@ -642,6 +818,20 @@ def log_record(step: int, loss: float, lr: float, tokens: int, tokens_per_s: flo
     return rec
 
 
+def save_final(trainer: Trainer, final: pathlib.Path) -> None:
+    """The model and tokenizer, staged and then put at ``final`` in one step (a previous one is replaced)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staged = pathlib.Path(staging_folder(str(final)))
+    try:
+        trainer.save_model(staged)
+        if trainer.tokenizer is not None:
+            trainer.tokenizer.save_pretrained(staged)
+        replace_folder(str(staged), str(final))
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
 # === The training loop shared by the torch and flax recipes (the tf recipe drives model.fit instead) ===
 
 class Trainer:
@@ -654,6 +844,10 @@ class Trainer:
 
     def barrier(self) -> None:
         pass
+
+    def share(self, value: Any) -> Any:
+        """The main process's ``value``, on every process."""
+        return value
 
     def loss_sum(self, batches: Sequence[dict[str, Any]]) -> tuple[float, int]:
         """Eval-mode (no dropout) sum of token losses and label-token count over ``batches``, this process."""
@@ -669,10 +863,12 @@ class Trainer:
         raise NotImplementedError
 
     def save(self, folder: pathlib.Path) -> None:
-        """Model, optimizer and RNG state (called on every process)."""
+        """Model, optimizer and RNG state (called on every process), each file through ``write_file``."""
         raise NotImplementedError
 
     def load(self, folder: pathlib.Path) -> None:
+        """Replace the whole training state with ``folder``'s; a file that cannot be read or does not fit is a
+        ``CheckpointError`` naming it (``read_file``)."""
         raise NotImplementedError
 
     def save_model(self, folder: pathlib.Path) -> None:
@@ -719,13 +915,11 @@ def train_loop(run: RunConfig, trainer: Trainer, stream: BatchStream, eval_data:
     out = pathlib.Path(run.out)
     lrs = learning_rates(run)
     checkpoints = CheckpointManager(out, run.save_every, run.steps, run.keep_checkpoints)
-    step = 0
-    resume_from = resolve_resume(run)
-    if resume_from is not None:
-        state = read_state(resume_from)
-        check_resume(run, state)
-        trainer.load(resume_from)
-        step = int(state["step"])
+    if trainer.is_main:
+        recover_checkpoints(out)
+    trainer.barrier()
+    resume_from, state = resume(run, trainer)
+    step = int(state["step"]) if state is not None else 0
     stream.seek(step * run.grad_accum)
     logger = MetricsLogger(out / METRICS_FILE, trainer.is_main, resume_step=step if resume_from else None)
     if trainer.is_main and resume_from is None:
@@ -761,22 +955,9 @@ def train_loop(run: RunConfig, trainer: Trainer, stream: BatchStream, eval_data:
                                                      if isinstance(v, float)))
             trainer.barrier()
         if checkpoints.due(step):
-            folder = checkpoints.folder(step)
-            if trainer.is_main:
-                folder.mkdir(parents=True, exist_ok=True)
-            trainer.barrier()
-            trainer.save(folder)
-            trainer.barrier()
-            if trainer.is_main:
-                checkpoints.finish(folder, {"step": step, "data_position": stream.position,
-                                            "run": run.to_dict()})
-            trainer.barrier()
+            checkpoints.save(trainer, step, {"step": step, "data_position": stream.position, "run": run.to_dict()})
     bar.close()
     if trainer.is_main:
-        final = out / "final"
-        final.mkdir(parents=True, exist_ok=True)
-        trainer.save_model(final)
-        if trainer.tokenizer is not None:
-            trainer.tokenizer.save_pretrained(final)
+        save_final(trainer, out / "final")
     trainer.barrier()
     return {"losses": losses, "eval": last_eval, "out": str(out)}

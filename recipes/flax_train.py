@@ -24,12 +24,13 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bart_core.checkpoint import load_state_dict
+from bart_core.checkpoint import CheckpointError, load_state_dict
 from bart_flax import BartForConditionalGeneration
 from bart_flax.sharding import make_mesh, param_shardings, shard_batch
 from bart_flax.training import TrainState, make_eval_step, make_train_step
 from recipes.common import (
     BatchStream,
+    RecipeError,
     RunConfig,
     StepBatches,
     Trainer,
@@ -39,8 +40,11 @@ from recipes.common import (
     make_eval_data,
     model_config,
     pretraining_data,
+    read_file,
+    read_npz,
     starting_state,
     train_loop,
+    write_npz,
 )
 
 _INPUTS = ("input_ids", "attention_mask", "decoder_input_ids", "labels")
@@ -77,9 +81,9 @@ class FlaxTrainer(Trainer):
     def __init__(self, run: RunConfig, model: BartForConditionalGeneration, tokenizer: Any = None):
         self.run, self.model, self.tokenizer = run, model, tokenizer
         if run.batch_size % run.devices:
-            raise ValueError(f"batch size {run.batch_size} is not divisible by {run.devices} devices")
+            raise RecipeError(f"batch size {run.batch_size} is not divisible by {run.devices} devices")
         if len(jax.devices()) < run.devices:
-            raise RuntimeError(f"{run.devices} devices asked, jax sees {len(jax.devices())}: on CPU set "
+            raise RecipeError(f"{run.devices} devices asked, jax sees {len(jax.devices())}: on CPU set "
                                f"XLA_FLAGS=--xla_force_host_platform_device_count={run.devices} before jax "
                                "is imported")
         self.mesh = make_mesh(data=run.devices)
@@ -124,36 +128,42 @@ class FlaxTrainer(Trainer):
     # ------------------------------------------------------------------ state
     def save_model(self, folder: pathlib.Path) -> None:
         self.model.params = jax.device_get(self.state.params)
-        self.model.save_pretrained(folder)
+        self.model.save_pretrained(folder, safe_serialization=True)  # model.safetensors in every recipe
 
     def save(self, folder: pathlib.Path) -> None:
         """Weights (safetensors), optimizer state leaves in tree order, the dropout key and the step."""
         self.save_model(folder)
         leaves = jax.tree_util.tree_leaves(jax.device_get(self.state.opt_state))
-        np.savez(folder / "optax_state.npz", **{f"{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
-        np.savez(folder / "train_rng.npz", rng=np.asarray(jax.device_get(self.state.rng)),
-                 step=np.asarray(jax.device_get(self.state.step)))
+        write_npz(folder / "optax_state.npz", {f"{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
+        write_npz(folder / "train_rng.npz", {"rng": np.asarray(jax.device_get(self.state.rng)),
+                                             "step": np.asarray(jax.device_get(self.state.step))})
 
     def load(self, folder: pathlib.Path) -> None:
-        self.model.load_numpy_state_dict(load_state_dict(folder))
+        """All files are read and checked before the state is replaced."""
+        weights = read_file(folder, lambda f: load_state_dict(str(f)))
+        saved = read_npz(folder / "optax_state.npz")
+        rng = read_npz(folder / "train_rng.npz")
+        if not {"rng", "step"} <= set(rng):
+            raise CheckpointError(f"{folder / 'train_rng.npz'}: needs 'rng' and 'step', has {sorted(rng)}")
+        read_file(folder, lambda f: self.model.load_numpy_state_dict(weights))
         params = jax.device_put(self.model.params, param_shardings(self.model.params, self.mesh))
         fresh = self.tx.init(params)
-        saved = np.load(folder / "optax_state.npz")
         leaves, treedef = jax.tree_util.tree_flatten(fresh)
-        if len(saved.files) != len(leaves):
-            raise ValueError(f"checkpoint has {len(saved.files)} optimizer leaves, the optimizer {len(leaves)}")
+        if len(saved) != len(leaves) or any(np.shape(saved[k]) != leaf.shape
+                                             for k, leaf in zip(sorted(saved), leaves)):
+            raise CheckpointError(f"{folder / 'optax_state.npz'}: {len(saved)} leaves do not fit the optimizer's "
+                                  f"{len(leaves)}")
         restored = [jax.device_put(jnp.asarray(saved[k], dtype=leaf.dtype), leaf.sharding)
-                    for k, leaf in zip(sorted(saved.files), leaves)]
-        rng = np.load(folder / "train_rng.npz")
+                    for k, leaf in zip(sorted(saved), leaves)]
         self.state = self._on_mesh(TrainState(params, jax.tree_util.tree_unflatten(treedef, restored),
                                               jnp.asarray(rng["rng"]), jnp.asarray(rng["step"])))
 
 
 def train(run: RunConfig) -> dict[str, Any]:
     if run.backend != "flax":
-        raise ValueError(f"flax recipe got backend {run.backend!r}")
+        raise RecipeError(f"flax recipe got backend {run.backend!r}")
     if run.gradient_checkpointing:
-        raise ValueError("the flax recipe has no --gradient-checkpointing (a torch option)")
+        raise RecipeError("the flax recipe has no --gradient-checkpointing (a torch option)")
     tokenizer = load_tokenizer()
     if run.task == "pretrain":
         items, heldout, collator = pretraining_data(run, tokenizer)

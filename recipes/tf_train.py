@@ -23,18 +23,18 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bart_core.checkpoint import load_state_dict  # noqa: E402
+from bart_core.checkpoint import CheckpointError, load_state_dict  # noqa: E402
 from bart_tf import BartForConditionalGeneration  # noqa: E402
 from recipes.common import (  # noqa: E402
     METRICS_FILE,
     BatchStream,
     CheckpointManager,
     MetricsLogger,
+    RecipeError,
     RunConfig,
     StepBatches,
     Throughput,
     Trainer,
-    check_resume,
     decays,
     evaluate,
     finetuning_data,
@@ -45,9 +45,13 @@ from recipes.common import (  # noqa: E402
     model_config,
     pretraining_data,
     progress,
-    read_state,
-    resolve_resume,
+    read_file,
+    read_npz,
+    recover_checkpoints,
+    resume,
+    save_final,
     starting_state,
+    write_npz,
 )
 
 _INPUTS = ("input_ids", "attention_mask", "decoder_input_ids", "labels")
@@ -193,33 +197,40 @@ class TFTrainer(Trainer):
     def save(self, folder: pathlib.Path) -> None:
         """Weights (safetensors), every model variable by path (dropout seed states included) and the
         optimizer's variables (step counter, moments, accumulators)."""
-        self.model.save_pretrained(folder)
-        np.savez(folder / "keras_model_variables.npz",
-                 **{f"{i:05d}:{v.path}": np.asarray(v) for i, v in enumerate(self.model.variables)})
-        np.savez(folder / "keras_optimizer_variables.npz",
-                 **{f"{i:05d}:{v.path}": np.asarray(v) for i, v in enumerate(self.optimizer.variables)})
+        self.model.save_pretrained(folder, safe_serialization=True)  # model.safetensors in every recipe
+        write_npz(folder / "keras_model_variables.npz",
+                  {f"{i:05d}:{v.path}": np.asarray(v) for i, v in enumerate(self.model.variables)})
+        write_npz(folder / "keras_optimizer_variables.npz",
+                  {f"{i:05d}:{v.path}": np.asarray(v) for i, v in enumerate(self.optimizer.variables)})
 
     def load(self, folder: pathlib.Path) -> None:
-        self.model.load_numpy_state_dict(load_state_dict(folder))
-        # by position: paths carry per-process counters ("seed_generator_8"); the order is the architecture's
-        _assign_in_order(self.model.variables, folder / "keras_model_variables.npz", "model")
+        """All files are read and checked against the variables before any is assigned."""
+        weights = read_file(folder, lambda f: load_state_dict(str(f)))
         if not self.optimizer.built:
             self.optimizer.build(self.model.trainable_variables)
-        _assign_in_order(self.optimizer.variables, folder / "keras_optimizer_variables.npz", "optimizer")
+        # by position: paths carry per-process counters ("seed_generator_8"); the order is the architecture's
+        model_values = _in_order(self.model.variables, folder / "keras_model_variables.npz", "model")
+        optimizer_values = _in_order(self.optimizer.variables, folder / "keras_optimizer_variables.npz", "optimizer")
+        read_file(folder, lambda f: self.model.load_numpy_state_dict(weights))
+        for variables, values in ((self.model.variables, model_values), (self.optimizer.variables, optimizer_values)):
+            for v, value in zip(variables, values):
+                v.assign(value)
 
     def save_model(self, folder: pathlib.Path) -> None:
-        self.model.save_pretrained(folder)
+        self.model.save_pretrained(folder, safe_serialization=True)  # model.safetensors in every recipe
 
 
-def _assign_in_order(variables, path: pathlib.Path, what: str) -> None:
-    saved = np.load(path)
-    values = [saved[k] for k in sorted(saved.files)]
+def _in_order(variables, path: pathlib.Path, what: str) -> list[np.ndarray]:
+    """The arrays of ``path`` in saved order, checked against ``variables`` (count and shapes)."""
+    saved = read_npz(path)
+    values = [saved[k] for k in sorted(saved)]
     if len(values) != len(variables):
-        raise ValueError(f"{path} holds {len(values)} {what} variables, the {what} has {len(variables)}")
+        raise CheckpointError(f"{path} holds {len(values)} {what} variables, the {what} has {len(variables)}")
     for v, value in zip(variables, values):
         if tuple(v.shape) != value.shape:
-            raise ValueError(f"{what} variable {v.path}: shape {tuple(v.shape)}, checkpoint {value.shape}")
-        v.assign(value)
+            raise CheckpointError(f"{path}: {what} variable {v.path} has shape {tuple(v.shape)}, the file "
+                                  f"{value.shape}")
+    return values
 
 
 class RecipeCallback(keras.callbacks.Callback):
@@ -264,11 +275,9 @@ class RecipeCallback(keras.callbacks.Callback):
                 and self.step < self.run.steps:
             self._evaluate()
         if self.checkpoints.due(self.step):
-            folder = self.checkpoints.folder(self.step)
-            folder.mkdir(parents=True, exist_ok=True)
-            self.trainer.save(folder)
-            self.checkpoints.finish(folder, {"step": self.step, "data_position": self.step * self.run.grad_accum,
-                                             "run": self.run.to_dict()})
+            self.checkpoints.save(self.trainer, self.step, {"step": self.step,
+                                                            "data_position": self.step * self.run.grad_accum,
+                                                            "run": self.run.to_dict()})
 
     def _evaluate(self):
         self.last_eval = evaluate(self.run, self.trainer, self.eval_data)
@@ -282,12 +291,12 @@ def train(run: RunConfig, strategy: tf.distribute.Strategy | None = None) -> dic
     """Run the recipe with ``model.fit``. ``strategy``: default ``MirroredStrategy`` over ``run.devices``
     logical CPUs when ``run.devices > 1``, else the default strategy."""
     if run.backend != "tf":
-        raise ValueError(f"tf recipe got backend {run.backend!r}")
+        raise RecipeError(f"tf recipe got backend {run.backend!r}")
     if run.bf16 or run.gradient_checkpointing:
-        raise ValueError("the tf recipe has no --bf16 or --gradient-checkpointing (torch options; flax has --bf16)")
+        raise RecipeError("the tf recipe has no --bf16 or --gradient-checkpointing (torch options; flax has --bf16)")
     strategy = strategy if strategy is not None else make_strategy(run.devices)
     if run.global_batch % strategy.num_replicas_in_sync:
-        raise ValueError(f"batch size {run.global_batch} is not divisible by {strategy.num_replicas_in_sync} "
+        raise RecipeError(f"batch size {run.global_batch} is not divisible by {strategy.num_replicas_in_sync} "
                          "replicas")
     out = pathlib.Path(run.out)
     tokenizer = load_tokenizer()
@@ -301,14 +310,10 @@ def train(run: RunConfig, strategy: tf.distribute.Strategy | None = None) -> dic
         model.compile(optimizer=optimizer, jit_compile=False)
     trainer = TFTrainer(run, model, optimizer, tokenizer)
 
-    step = 0
-    resume_from = resolve_resume(run)
-    if resume_from is not None:
-        state = read_state(resume_from)
-        check_resume(run, state)
-        with strategy.scope():
-            trainer.load(resume_from)
-        step = int(state["step"])
+    recover_checkpoints(out)
+    with strategy.scope():
+        resume_from, state = resume(run, trainer)
+    step = int(state["step"]) if state is not None else 0
     logger = MetricsLogger(out / METRICS_FILE, resume_step=step if resume_from else None)
     eval_data = make_eval_data(run, heldout, collator)
 
@@ -325,7 +330,5 @@ def train(run: RunConfig, strategy: tf.distribute.Strategy | None = None) -> dic
                   steps_per_epoch=steps_left * run.grad_accum, callbacks=[callback], verbose=0,
                   shuffle=False)
     callback._evaluate()
-    final = out / "final"
-    trainer.save_model(final)
-    tokenizer.save_pretrained(final)
+    save_final(trainer, out / "final")
     return {"losses": callback.losses, "eval": callback.last_eval, "out": str(out)}

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from bart_core.checkpoint import load_state_dict
+from bart_core.checkpoint import CheckpointError, load_state_dict
 from bart_torch import BartForConditionalGeneration
 from recipes.common import (
     BatchStream,
+    RecipeError,
     RunConfig,
     StepBatches,
     Trainer,
@@ -36,8 +37,10 @@ from recipes.common import (
     make_eval_data,
     model_config,
     pretraining_data,
+    read_file,
     starting_state,
     train_loop,
+    write_file,
 )
 
 _INPUTS = ("input_ids", "attention_mask", "decoder_input_ids", "labels")
@@ -85,6 +88,13 @@ class TorchTrainer(Trainer):
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    def share(self, value: Any) -> Any:
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     # ------------------------------------------------------------------ steps
     @staticmethod
@@ -135,15 +145,25 @@ class TorchTrainer(Trainer):
     def save(self, folder: pathlib.Path) -> None:
         if self.is_main:
             self.model.save_pretrained(folder)
-            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
-        torch.save(torch.get_rng_state(), folder / f"rng-{self.rank}.pt")
+            write_file(folder / "optimizer.pt", lambda tmp: torch.save(self.optimizer.state_dict(), tmp))
+        write_file(folder / f"rng-{self.rank}.pt", lambda tmp: torch.save(torch.get_rng_state(), tmp))
 
     def load(self, folder: pathlib.Path) -> None:
-        self.model.load_numpy_state_dict(load_state_dict(folder))
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-        rng = folder / f"rng-{self.rank}.pt"
-        if rng.is_file():
-            torch.set_rng_state(torch.load(rng, weights_only=True))
+        weights = read_file(folder, lambda f: load_state_dict(str(f)))
+        optimizer = read_file(folder / "optimizer.pt", lambda f: torch.load(f, weights_only=True))
+        rng_file = folder / f"rng-{self.rank}.pt"
+        rng = read_file(rng_file, lambda f: torch.load(f, weights_only=True)) if rng_file.is_file() else None
+        read_file(folder, lambda f: self.model.load_numpy_state_dict(weights))
+        read_file(folder / "optimizer.pt", self._load_optimizer(optimizer))
+        if rng is not None:
+            read_file(rng_file, lambda f: torch.set_rng_state(rng))
+
+    def _load_optimizer(self, state: Any):
+        def load(path) -> None:
+            if not (isinstance(state, dict) and {"state", "param_groups"} <= set(state)):
+                raise ValueError("not an optimizer state dict")
+            self.optimizer.load_state_dict(state)
+        return load
 
     def save_model(self, folder: pathlib.Path) -> None:
         self.model.save_pretrained(folder)
@@ -186,19 +206,27 @@ def train(run: RunConfig) -> dict[str, Any]:
     """Run the recipe. ``run.devices > 1``: spawn that many gloo processes on this machine (unless already
     inside a process group, e.g. under ``torchrun``); the summary then comes from ``metrics.jsonl``."""
     if run.backend != "torch":
-        raise ValueError(f"torch recipe got backend {run.backend!r}")
+        raise RecipeError(f"torch recipe got backend {run.backend!r}")
     if dist.is_initialized() or run.devices == 1:
         return _train_here(run)
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:  # launched by torchrun
         if int(os.environ["WORLD_SIZE"]) != run.devices:
-            raise ValueError(f"--devices {run.devices} but WORLD_SIZE={os.environ['WORLD_SIZE']}")
+            raise RecipeError(f"--devices {run.devices} but WORLD_SIZE={os.environ['WORLD_SIZE']}")
         dist.init_process_group("gloo")
         try:
             return _train_here(run)
         finally:
             dist.destroy_process_group()
     import torch.multiprocessing as mp
-    mp.spawn(_worker, args=(run, run.devices, free_port()), nprocs=run.devices, join=True)
+    try:
+        mp.spawn(_worker, args=(run, run.devices, free_port()), nprocs=run.devices, join=True)
+    except mp.ProcessRaisedException as e:  # a worker's bad-input error stays one line, as in one process
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        for cls in (RecipeError, CheckpointError):
+            prefix = f"{cls.__module__}.{cls.__qualname__}: "
+            if last.startswith(prefix):
+                raise RecipeError(last[len(prefix):]) from None
+        raise
     from recipes.common import METRICS_FILE, read_metrics
     records = read_metrics(pathlib.Path(run.out) / METRICS_FILE)
     evals = [r for r in records if r.get("event") == "eval"]

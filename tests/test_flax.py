@@ -73,7 +73,7 @@ def test_reads_msgpack_written_by_reference_flax(cg, tmp_path):
 
 def test_written_msgpack_loads_in_reference_flax(cg, tmp_path):
     ours, _, _ = cg
-    ours.save_pretrained(tmp_path, flax_model=True)
+    ours.save_pretrained(tmp_path)
     t = _transformers()
     ref = t.FlaxBartForConditionalGeneration.from_pretrained(tmp_path)
     x = task_inputs("conditional_generation", ours.config)
@@ -84,8 +84,8 @@ def test_written_msgpack_loads_in_reference_flax(cg, tmp_path):
 
 def test_causal_lm_msgpack_round_trip(reference_checkpoint, tmp_path):
     model = bart_flax.BartForCausalLM.from_pretrained(reference_checkpoint("causal_lm", "gelu"))
-    model.save_pretrained(tmp_path, flax_model=True)
-    os.remove(tmp_path / "model.safetensors")
+    model.save_pretrained(tmp_path)
+    assert "flax_model.msgpack" in os.listdir(tmp_path) and "model.safetensors" not in os.listdir(tmp_path)
     again = bart_flax.BartForCausalLM.from_pretrained(tmp_path)
     for k, v in model.numpy_state_dict().items():
         np.testing.assert_array_equal(again.numpy_state_dict()[k], v, err_msg=k)
@@ -93,7 +93,8 @@ def test_causal_lm_msgpack_round_trip(reference_checkpoint, tmp_path):
 
 def test_saved_safetensors_and_bin_load(cg, reference_checkpoint, tmp_path):
     ours, ref, _ = cg
-    ours.save_pretrained(tmp_path)
+    ours.save_pretrained(tmp_path, safe_serialization=True)
+    assert "model.safetensors" in os.listdir(tmp_path) and "flax_model.msgpack" not in os.listdir(tmp_path)
     t = _transformers()
     x = task_inputs("conditional_generation", ours.config)
     back = t.BartForConditionalGeneration.from_pretrained(tmp_path).eval()

@@ -283,3 +283,210 @@ def test_tf_fused_adamw_equals_keras_adamw(accumulate):
     for begin, a, b in zip(start, *finals):
         assert np.abs(a - begin).min() > 1e-3  # every value moved
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)  # float rounding of a different op order
+
+
+# === crash safety and bad input (torch: the checkpoint logic is shared; tf and flax via pretrain_runs) ===
+
+CLI_TINY = ["--model", "tiny", "--batch-size", "2", "--seq-len", "32", "--no-progress", "--eval-batches", "1",
+            "--lr", "0.03", "--warmup-steps", "2"]
+
+
+def cli(*argv, capsys):
+    from recipes.__main__ import main
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("python -m recipes: error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def torch_checkpoints(tmp_path_factory):
+    """A 6-step torch run (dropout on) with checkpoints at steps 2 and 4, all kept."""
+    need("torch")
+    from recipes import train
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    train(tiny_run("torch", out, steps=6, save_every=2, keep_checkpoints=0))
+    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-0000002", "checkpoint-0000004"]
+    return out
+
+
+def _copy_run(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
+    import shutil
+    shutil.copytree(src, dst)
+    shutil.rmtree(dst / "final")
+    return dst
+
+
+def _assert_resumed_exactly(full: pathlib.Path, resumed: pathlib.Path, steps: list[int]) -> None:
+    from bart_core.checkpoint import load_state_dict
+    a, b = step_losses(full), step_losses(resumed)
+    assert sorted(b) == sorted(a)
+    np.testing.assert_allclose([b[s] for s in steps], [a[s] for s in steps], rtol=0, atol=1e-6)
+    wa, wb = load_state_dict(str(full / "final")), load_state_dict(str(resumed / "final"))
+    assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) < 1e-6
+
+
+def _truncate(path: pathlib.Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize("bad_file", ["optimizer.pt", "model.safetensors", "trainer_state.json"])
+def test_resume_latest_skips_a_corrupt_checkpoint_with_a_warning(torch_checkpoints, tmp_path, bad_file):
+    from recipes import train
+    from recipes.common import CheckpointWarning
+    out = _copy_run(torch_checkpoints, tmp_path / "run")
+    _truncate(out / "checkpoint-0000004" / bad_file)
+    with pytest.warns(CheckpointWarning, match=rf"checkpoint-0000004.*{bad_file}") as caught:
+        result = train(tiny_run("torch", out, steps=6, save_every=2, keep_checkpoints=0, resume="latest"))
+    assert len(caught) == 1
+    assert len(result["losses"]) == 4  # steps 3..6: resumed from checkpoint-0000002
+    _assert_resumed_exactly(torch_checkpoints, out, [3, 4, 5, 6])
+
+
+def test_resume_latest_fails_when_no_checkpoint_loads(torch_checkpoints, tmp_path, capsys):
+    out = _copy_run(torch_checkpoints, tmp_path / "run")
+    for step in (2, 4):
+        _truncate(out / f"checkpoint-000000{step}" / "optimizer.pt")
+    from recipes.common import CheckpointWarning
+    with pytest.warns(CheckpointWarning, match="optimizer.pt") as caught:
+        rc, _, err = cli("pretrain", *CLI_TINY, "--steps", "6", "--save-every", "2", "--out", out, "--resume",
+                         "latest", capsys=capsys)
+    assert rc == 2
+    assert "no checkpoint" in one_error_line(err) and "checkpoint-0000002" in err
+    assert [str(w.message).split(":")[0] for w in caught] == [f"skipping checkpoint {out / 'checkpoint-0000004'}",
+                                                             f"skipping checkpoint {out / 'checkpoint-0000002'}"]
+
+
+def test_resume_latest_with_no_checkpoint_is_an_error_and_auto_starts_fresh(tmp_path, capsys):
+    need("torch")
+    rc, _, err = cli("pretrain", *CLI_TINY, "--steps", "1", "--out", tmp_path, "--resume", "latest", capsys=capsys)
+    assert rc == 2 and "--resume latest: no checkpoint" in one_error_line(err)
+    assert not (tmp_path / "final").exists()
+    rc, out, err = cli("pretrain", *CLI_TINY, "--steps", "1", "--out", tmp_path, "--resume", "auto", capsys=capsys)
+    assert rc == 0, err
+    assert sorted(step_losses(tmp_path)) == [1] and (tmp_path / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("damage", ["step_beyond", "state_garbage", "optimizer_truncated", "other_options"])
+def test_resume_from_a_bad_checkpoint_folder_is_one_line(torch_checkpoints, tmp_path, capsys, damage):
+    out = _copy_run(torch_checkpoints, tmp_path / "run")
+    folder = out / "checkpoint-0000004"
+    state_file = folder / "trainer_state.json"
+    steps = "6"
+    if damage == "step_beyond":
+        state = json.loads(state_file.read_text())
+        state["step"] = 99
+        state_file.write_text(json.dumps(state))
+        want = ["trainer_state.json", "step 99 is beyond --steps 6"]
+    elif damage == "state_garbage":
+        state_file.write_text("{\"step\": 4,")
+        want = ["trainer_state.json", "cannot be read"]
+    elif damage == "optimizer_truncated":
+        _truncate(folder / "optimizer.pt")
+        want = ["optimizer.pt", "cannot be read"]
+    else:
+        steps = "7"
+        want = ["cannot resume", "steps 6 -> 7"]
+    rc, _, err = cli("pretrain", *CLI_TINY, "--steps", steps, "--out", out, "--resume", folder, capsys=capsys)
+    assert rc == 2
+    line = one_error_line(err)
+    assert all(w in line for w in want), line
+    assert not (out / "final").exists()
+    if damage == "step_beyond":  # under --resume latest too: an error, not a silent "finished"
+        rc, _, err = cli("pretrain", *CLI_TINY, "--steps", "6", "--out", out, "--resume", "latest", capsys=capsys)
+        assert rc == 2 and "beyond --steps" in one_error_line(err)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_corrupt_optimizer_state_names_the_file(backend, pretrain_runs, tmp_path):
+    """Each backend's own optimizer file: the only checkpoint corrupt -> a RecipeError after a warning naming it."""
+    from recipes import RecipeError, train
+    from recipes.common import CheckpointWarning
+    full, _ = pretrain_runs(backend)
+    out = _copy_run(full, tmp_path / "run")
+    name = {"torch": "optimizer.pt", "tf": "keras_optimizer_variables.npz", "flax": "optax_state.npz"}[backend]
+    _truncate(out / "checkpoint-0000004" / name)
+    with pytest.warns(CheckpointWarning, match=name), pytest.raises(RecipeError, match="no checkpoint"):
+        train(tiny_run(backend, out, steps=8, save_every=4, keep_checkpoints=0, resume="latest"))
+
+
+@pytest.mark.parametrize("case", ["model", "row_without_target", "not_json"])
+def test_bad_recipe_input_is_one_line_exit_2(tmp_path, capsys, case):
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"source": "a b c", "target": "a"}) + "\n")
+    argv = ["finetune", *CLI_TINY, "--steps", "1", "--out", tmp_path / "out", "--train", data, "--eval", data]
+    if case == "model":
+        argv[argv.index("tiny")] = "nonsense"
+        want = "--model nonsense"
+    elif case == "row_without_target":
+        data.write_text(json.dumps({"source": "a b c", "target": "a"}) + "\n" + json.dumps({"source": "x"}) + "\n")
+        want = f"{data}:2: a row needs 'source' and 'target'"
+    else:
+        data.write_text("{\"source\": \n")
+        want = f"{data}:1: not a JSON object"
+    rc, _, err = cli(*argv, capsys=capsys)
+    assert rc == 2
+    assert want in one_error_line(err)
+
+
+_KILL_SCRIPT = """
+import os, pathlib, sys, time
+import recipes.common as common
+marker, point = pathlib.Path(sys.argv[1]), sys.argv[2]
+original = getattr(common, point)
+
+def hooked(*args, **kwargs):
+    if any("checkpoint-0000004" in str(a) for a in args):
+        marker.write_text(str(os.getpid()))
+        time.sleep(600)
+    return original(*args, **kwargs)
+
+setattr(common, point, hooked)
+from recipes.__main__ import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("point", ["write_file", "replace_folder"])
+def test_kill_during_a_checkpoint_keeps_the_previous_one(torch_checkpoints, tmp_path, point):
+    """SIGKILL while checkpoint 4 is written (its optimizer file; or complete, just before it is put in place):
+    checkpoint 2 is intact and not yet rotated out (keep 1), and --resume latest continues exactly from it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from recipes import train
+    from recipes.common import completed_checkpoints
+    from tests.conftest import ROOT
+    need("torch")
+    out, marker = tmp_path / "run", tmp_path / "marker"
+    argv = [*CLI_TINY, "--steps", "6", "--save-every", "2", "--keep-checkpoints", "1", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(marker), point, "pretrain", *argv], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the run never reached checkpoint 4"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert [p.name for p in completed_checkpoints(out)] == ["checkpoint-0000002"]
+    assert not (out / "checkpoint-0000004").exists() and not (out / "final").exists()
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert leftovers and all(".checkpoint-0000004.tmp-" in n for n in leftovers), leftovers
+    result = train(tiny_run("torch", out, steps=6, save_every=2, keep_checkpoints=1, resume="latest"))
+    assert len(result["losses"]) == 4
+    _assert_resumed_exactly(torch_checkpoints, out, [3, 4, 5, 6])
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # the dead writer's staging is gone
+    assert [p.name for p in completed_checkpoints(out)] == ["checkpoint-0000004"]  # rotated once 4 was complete

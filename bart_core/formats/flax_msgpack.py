@@ -194,6 +194,14 @@ def write_flax_msgpack(tensors: Mapping[str, np.ndarray], config: BartConfig, he
                        path: str | os.PathLike) -> str:
     """Write ``tensors`` (canonical names) as the ``flax_model.msgpack`` of the reference Flax class for
     ``head``; atomic."""
+    path = os.fspath(path)
+    with atomic_path(path) as tmp:
+        stage_flax_msgpack(tmp, tensors, config, head)
+    return path
+
+
+def stage_flax_msgpack(path: str, tensors: Mapping[str, np.ndarray], config: BartConfig, head: str) -> None:
+    """Write the ``flax_model.msgpack`` layout at ``path`` directly (a staged temporary path)."""
     msgpack = _msgpack()
     tree = to_flax_tree(tensors, config, head)
 
@@ -201,10 +209,7 @@ def write_flax_msgpack(tensors: Mapping[str, np.ndarray], config: BartConfig, he
         return {k: chunk_all(v) if isinstance(v, dict) else _chunked(v) for k, v in node.items()}
 
     data = msgpack.packb(chunk_all(tree), default=_ext_default, strict_types=True, use_bin_type=True)
-    path = os.fspath(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    return path
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())

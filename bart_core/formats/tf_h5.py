@@ -21,6 +21,7 @@ ties the LM head; for those we declare the same scheme under ``tf_bart_for_quest
 from __future__ import annotations
 
 import os
+from typing import Mapping
 
 import numpy as np
 
@@ -92,6 +93,26 @@ def _decode(values) -> list[str]:
     return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in np.atleast_1d(values)]
 
 
+def check_self_contained(f, path: str) -> None:
+    """Refuse an HDF5 file whose data is not all inside it: external links, soft links, datasets with external
+    storage, virtual datasets (each could read a file outside the checkpoint folder)."""
+    import h5py
+
+    from bart_core.checkpoint import CheckpointError
+
+    def link(name, lnk):
+        if isinstance(lnk, (h5py.ExternalLink, h5py.SoftLink)):
+            raise CheckpointError(f"{path}: {name} is a {type(lnk).__name__}; weight files must hold their data "
+                                  "themselves (links are refused)")
+
+    def dataset(name, obj):
+        if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
+            raise CheckpointError(f"{path}: dataset {name} keeps its data outside the file (refused)")
+
+    f.visititems_links(link)
+    f.visititems(dataset)
+
+
 def read_tf_h5(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """``{canonical name: array}`` (``model.``-prefixed, PyTorch layout) from a reference ``tf_model.h5``."""
     import h5py
@@ -105,9 +126,12 @@ def read_tf_h5(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: not a readable HDF5 file ({e})") from None
     out: dict[str, np.ndarray] = {}
     with f:
+        check_self_contained(f, path)
         root = f["model_weights"] if "model_weights" in f else f  # a full-model .h5 nests the weights
         layers = _decode(root.attrs["layer_names"]) if "layer_names" in root.attrs else list(root.keys())
         for layer in layers:
+            if layer not in root:
+                raise CheckpointError(f"{path}: layer {layer!r} is listed in layer_names but missing")
             group = root[layer]
             if "weight_names" in group.attrs:
                 names = [n for n in _decode(group.attrs["weight_names"]) if n]
@@ -119,6 +143,8 @@ def read_tf_h5(path: str | os.PathLike) -> dict[str, np.ndarray]:
                     canonical, transposed = _canonical(wname)
                 except (ValueError, IndexError):
                     raise CheckpointError(f"{path}: weight {layer}/{wname} is not a BART variable") from None
+                if wname not in group:
+                    raise CheckpointError(f"{path}: dataset {layer}/{wname} is listed in weight_names but missing")
                 arr = np.asarray(group[wname])
                 out[canonical] = np.ascontiguousarray(arr.T) if transposed else arr
     return out
@@ -126,26 +152,31 @@ def read_tf_h5(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def write_tf_h5(tensors: dict[str, np.ndarray], config: BartConfig, head: str, path: str | os.PathLike) -> str:
     """Write ``tensors`` (canonical stored names, PyTorch layout) as the reference ``tf_model.h5``; atomic."""
+    path = os.fspath(path)
+    with atomic_path(path) as tmp:
+        stage_tf_h5(tmp, tensors, config, head)
+    return path
+
+
+def stage_tf_h5(path: str, tensors: Mapping[str, np.ndarray], config: BartConfig, head: str) -> None:
+    """Write the ``tf_model.h5`` layout at ``path`` directly (a staged temporary path: atomicity is the caller's)."""
     import h5py
 
     from bart_core.checkpoint import CheckpointError
 
-    path = os.fspath(path)
     groups: dict[str, list[tuple[str, np.ndarray]]] = {}
     for name, layer, wname, transpose in h5_table(config, head):
         if name not in tensors:
             raise CheckpointError(f"write_tf_h5: no tensor {name!r}")
         arr = np.asarray(tensors[name], dtype=np.float32)
         groups.setdefault(layer, []).append((wname, arr.T if transpose else arr))
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["layer_names"] = np.array(list(groups), dtype=h5py.string_dtype())
-            f.attrs["backend"] = "tensorflow"
-            f.attrs["keras_version"] = KERAS_VERSION
-            for layer, weights in groups.items():
-                g = f.create_group(layer)
-                g.attrs["weight_names"] = np.array([w for w, _ in weights], dtype=h5py.string_dtype())
-                for wname, arr in weights:
-                    g.create_dataset(wname, data=np.ascontiguousarray(arr))
-            f.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype=np.float64)
-    return path
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array(list(groups), dtype=h5py.string_dtype())
+        f.attrs["backend"] = "tensorflow"
+        f.attrs["keras_version"] = KERAS_VERSION
+        for layer, weights in groups.items():
+            g = f.create_group(layer)
+            g.attrs["weight_names"] = np.array([w for w, _ in weights], dtype=h5py.string_dtype())
+            for wname, arr in weights:
+                g.create_dataset(wname, data=np.ascontiguousarray(arr))
+        f.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype=np.float64)
