@@ -354,14 +354,33 @@ def read_pytorch_bin(path: str) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: reading pytorch_model.bin needs torch (pip install 'bart3[torch]'); "
                               "convert it to model.safetensors with bart-convert") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch_load_weights(path)
     except Exception as e:  # torch raises many kinds for a bad zip or pickle
         raise CheckpointError(f"{path}: cannot read ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
+    if isinstance(state.get("state_dict"), dict) and not any(hasattr(v, "detach") for v in state.values()):
+        state = state["state_dict"]
     out = {}
     for k, v in state.items():
+        if not isinstance(k, str) or not hasattr(v, "detach"):
+            raise CheckpointError(f"{path}: entry {k!r} is not a tensor ({type(v).__name__})")
         v = v.detach()
         out[k] = v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
     return out
+
+
+def torch_load_weights(path: str, safe_globals=()):
+    """``torch.load(weights_only=True)`` of a zip checkpoint (memory-mapped) or of the legacy pre-1.6 format, which
+    cannot be memory-mapped and is read whole instead."""
+    import torch
+    with torch.serialization.safe_globals(list(safe_globals)):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e) and "zipfile" not in str(e):
+                raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _read_h5(path: str) -> dict[str, np.ndarray]:

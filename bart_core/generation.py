@@ -18,6 +18,7 @@ is the one precedence rule of every backend's ``generate``: explicit keyword arg
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -193,9 +194,6 @@ class GenerationConfig:
                 values[k] = v
             elif not known_only or k in REFERENCE_ONLY_DEFAULTS or k in REFERENCE_NEUTRAL_DEFAULTS:
                 extra[k] = v
-        if isinstance(d.get("extra"), Mapping) and "extra" not in fields:
-            extra.update(d["extra"])
-            extra.pop("extra", None)
         try:
             gen = cls(**values, extra=extra)
         except TypeError as e:
@@ -225,7 +223,7 @@ class GenerationConfig:
         for f in dataclasses.fields(self):
             if f.init and f.name != "extra":
                 d[f.name] = getattr(self, f.name)
-        d.update(json.loads(json.dumps(dict(self.extra))))
+        d.update(copy.deepcopy(dict(self.extra)))
         if self.seed is None:
             d.pop("seed")  # not a reference option
         d["_from_model_config"] = self._from_model_config

@@ -156,8 +156,6 @@ class PreparedLoad:
 def _read_generation_config(folder: str | None, config: BartConfig):
     """The checkpoint's ``generation_config.json`` (else the generation fields of its config), as the reference."""
     from bart_core.generation import GenerationConfig
-    if not hasattr(GenerationConfig, "from_pretrained"):  # INTEGRATION: until the generation-config work lands
-        return None
     if folder is not None and os.path.isfile(os.path.join(folder, GENERATION_CONFIG_NAME)):
         return GenerationConfig.from_pretrained(folder)
     return GenerationConfig.from_model_config(config)

@@ -40,8 +40,8 @@ from bart_core.checkpoint import (
     parse_size,
 )
 from bart_core.config import CONFIG_NAME, BartConfig
-from bart_core.generation import GENERATION_CONFIG_NAME, GENERATIVE_HEADS, GenerationConfig
 from bart_core.fileio import folder_lock, recover_folder_swap, replace_folder, staging_folder
+from bart_core.generation import GENERATION_CONFIG_NAME, GENERATIVE_HEADS, GenerationConfig
 from bart_core.names import HEADS, param_table
 
 TARGETS = ("torch", "tf", "flax", "safetensors", "all")

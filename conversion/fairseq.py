@@ -42,6 +42,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from bart_core.checkpoint import torch_load_weights
 from bart_core.config import BartConfig
 from conversion.convert import ConversionError, Source, _eager_lazy
 
@@ -70,13 +71,11 @@ def read_dictionary(path: str) -> list[str]:
 
 
 def _load(path: str) -> dict:
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:
+        raise ConversionError(f"{path}: reading a fairseq checkpoint needs torch")
     try:
-        import torch
-    except ImportError:
-        raise ConversionError(f"{path}: reading a fairseq checkpoint needs torch") from None
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = torch_load_weights(path, safe_globals=[argparse.Namespace])
     except Exception as e:  # torch raises many kinds for a bad zip or a refused pickle global
         msg = str(e).splitlines()[0] if str(e) else ""
         hint = ""
