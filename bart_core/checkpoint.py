@@ -280,7 +280,8 @@ def save_checkpoint(directory: str | os.PathLike, config: BartConfig, tensors: M
     ``tensors`` are the canonical stored tensors (``export_state_dict``). Each format in ``formats``
     (``safetensors``: ``model.safetensors``; ``torch_bin``: ``pytorch_model.bin``; ``tf``: ``tf_model.h5``; ``flax``:
     ``flax_model.msgpack``) is written
-    to a temporary file first; ``config.json`` (and ``generation_config.json`` when given) are published last.
+    to a temporary file first; ``config.json`` (and ``generation_config.json`` when given, in which case the
+    generation fields of ``config.json`` are written as ``null``, as the reference does) are published last.
     Weight files of the folder that this save did not write (an older ``tf_model.h5``, stale shards, ...) are
     removed after the new files are in place, so the folder loads as this model in every framework. Another
     writer of the same folder waits for the lock.
@@ -311,7 +312,7 @@ def save_checkpoint(directory: str | os.PathLike, config: BartConfig, tensors: M
         if generation_config is not None:
             files.write_text("generation_config.json", generation_config.to_json_string())
             names.append("generation_config.json")
-        files.write_text("config.json", config.to_json_string())
+        files.write_text("config.json", config.to_json_string(move_generation_parameters=generation_config is not None))
         names.append("config.json")
     return [os.path.join(directory, n) for n in names]
 

@@ -303,8 +303,15 @@ class BartConfig:
             raise ConfigError(f"config model_type is {merged['model_type']!r}, expected 'bart'")
         return cls(**merged)
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+    def to_json_string(self, move_generation_parameters: bool = False) -> str:
+        """The ``config.json`` text; see ``save_pretrained`` for ``move_generation_parameters``."""
+        d = self.to_dict()
+        if move_generation_parameters:
+            moved = self.non_default_generation_parameters()
+            d.update(dict.fromkeys(moved))
+            if "forced_bos_token_id" in moved:  # the 3.x spelling would bring it back into the model config
+                d.pop("force_bos_token_to_be_generated", None)
+        return json.dumps(d, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "BartConfig":
@@ -330,10 +337,7 @@ class BartConfig:
         ``self`` is not changed."""
         os.makedirs(directory, exist_ok=True)
         file = os.path.join(directory, CONFIG_NAME)
-        d = self.to_dict()
-        if move_generation_parameters:
-            d.update(dict.fromkeys(self.non_default_generation_parameters()))
-        atomic_write_text(file, json.dumps(d, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(file, self.to_json_string(move_generation_parameters))
         return file
 
     def copy(self, **overrides: Any) -> "BartConfig":

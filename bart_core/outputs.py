@@ -1,9 +1,10 @@
 """Output containers with the reference field names, shared by all backends.
 
 Fields hold the backend's own tensors (torch.Tensor, tf.Tensor, jax.Array). Fields that were not requested are
-``None``. Each container supports attribute access, ``out["logits"]``, ``out.keys()`` and ``to_tuple()`` (the
-non-None fields in declaration order). The Flax backend registers them as JAX pytrees so they pass through
-``jax.jit``.
+``None``. Each container behaves as the reference's ``ModelOutput`` (an ordered mapping of its non-None fields):
+attribute access, ``out["logits"]``, ``out[0]``, ``out.keys()``, iteration over the keys, and ``to_tuple()`` (the
+non-None fields in declaration order, what ``return_dict=False`` returns). The Flax backend registers them as JAX
+pytrees so they pass through ``jax.jit``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,47 @@ class ModelOutput:
     def __contains__(self, key: str) -> bool:
         return key in self.keys()
 
+    def __iter__(self):  # as the reference's ModelOutput (an OrderedDict): the keys
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def values(self) -> list[Any]:
+        return [getattr(self, k) for k in self.keys()]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.keys() else default
+
     def to_tuple(self) -> tuple:
         return tuple(getattr(self, k) for k in self.keys())
+
+
+_FLAG_DEFAULTS = {"output_attentions": False, "output_hidden_states": False, "return_dict": True}
+
+
+def config_flag(config: Any, name: str, given: Any = None) -> bool:
+    """``given`` when not None, else the flag as set on the config (``config.output_hidden_states = True``, or a
+    config read with that key), else the reference's default: ``output_attentions`` / ``output_hidden_states``
+    False, ``return_dict`` True (False with ``torchscript``, as the reference's ``use_return_dict``)."""
+    if given is not None:
+        return bool(given)
+    value = getattr(config, name, None)
+    if value is None:
+        value = getattr(config, "extra", {}).get(name)
+    if name == "return_dict" and (getattr(config, "torchscript", None)
+                                  or getattr(config, "extra", {}).get("torchscript")):
+        return False
+    return _FLAG_DEFAULTS[name] if value is None else bool(value)
+
+
+def output_flags(config: Any, output_attentions: Any = None, output_hidden_states: Any = None,
+                 return_dict: Any = None) -> tuple[bool, bool, bool]:
+    """``(output_attentions, output_hidden_states, return_dict)`` of one call: arguments given win, then the
+    config's flags (``config_flag``)."""
+    return (config_flag(config, "output_attentions", output_attentions),
+            config_flag(config, "output_hidden_states", output_hidden_states),
+            config_flag(config, "return_dict", return_dict))
 
 
 @dataclass

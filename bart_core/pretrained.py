@@ -243,8 +243,12 @@ GENERATIVE_HEADS = ("conditional_generation", "causal_lm")
 
 
 def generation_config_to_save(model):
-    """The generation config a saved folder carries: the model's, for the heads that generate (as the reference)."""
-    return getattr(model, "generation_config", None) if model.head in GENERATIVE_HEADS else None
+    """The generation config a saved folder carries: for the heads that generate, the one the model decodes with
+    by default (``model_default_generation_config``), as the reference; None for the others."""
+    from bart_core.generation import model_default_generation_config
+    if model.head not in GENERATIVE_HEADS:
+        return None
+    return model_default_generation_config(model.config, getattr(model, "generation_config", None))
 
 
 def config_to_save(config: BartConfig, head: str) -> BartConfig:

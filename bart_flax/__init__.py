@@ -29,6 +29,7 @@ from bart_flax.modeling import (  # noqa: E402
     BartModel,
     BartPreTrainedModel,
 )
+from bart_flax.pipelines import pipeline  # noqa: E402
 
 __all__ = ["BartModel", "BartForConditionalGeneration", "BartForSequenceClassification", "BartForQuestionAnswering",
-           "BartForCausalLM", "BartPreTrainedModel"]
+           "BartForCausalLM", "BartPreTrainedModel", "pipeline"]

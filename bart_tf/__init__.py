@@ -9,6 +9,7 @@ from bart_tf.modeling import (
     BartModel,
     KVCache,
 )
+from bart_tf.pipelines import pipeline
 
 __all__ = ["BartForCausalLM", "BartForConditionalGeneration", "BartForQuestionAnswering",
-           "BartForSequenceClassification", "BartModel", "KVCache", "prepare_tf_dataset"]
+           "BartForSequenceClassification", "BartModel", "KVCache", "prepare_tf_dataset", "pipeline"]

@@ -16,6 +16,7 @@ the index into ``[0, vocab_size - 1]``, so the id silently reads the first or la
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import math
@@ -157,6 +158,22 @@ def _layer_norm(name: str) -> keras.layers.LayerNormalization:
     return BartLayerNorm(epsilon=1e-5, name=name)
 
 
+def _swap_variable(layer: keras.layers.Layer, attr: str, value: np.ndarray, trainable: bool) -> None:
+    """Replace ``layer.<attr>`` by a new variable holding ``value`` (a different shape: Keras variables cannot
+    be reshaped in place)."""
+    old = getattr(layer, attr)
+    locked = layer._tracker.locked
+    layer._untrack_variable(old)
+    layer._tracker.unlock()
+    try:
+        new = layer.add_weight(name=old.name, shape=value.shape, initializer=keras.initializers.Constant(value),
+                               trainable=trainable, dtype=old.dtype)
+    finally:
+        if locked:
+            layer._tracker.lock()
+    object.__setattr__(layer, attr, new)
+
+
 class KVCache(NamedTuple):
     """Decoder state. ``layers[i] = (k, v, cross_k, cross_v)``: self-attention buffers (B, H, capacity, hd),
     cross-attention keys/values (B, H, S, hd) computed once; ``index``: positions filled (int32 scalar)."""
@@ -183,6 +200,15 @@ class BartScaledWordEmbedding(keras.layers.Layer):
 
     def call(self, ids):  # (B, T) -> (B, T, D)
         return tf.gather(tf.cast(self.embeddings, self.compute_dtype), ids) * self.embed_scale
+
+    def resize(self, rows: int) -> None:
+        """A table of ``rows`` rows: the kept rows copied, new rows the mean of the old ones."""
+        old = np.asarray(self.embeddings)
+        table = np.empty((rows, old.shape[1]), old.dtype)
+        keep = min(rows, old.shape[0])
+        table[:keep], table[keep:] = old[:keep], old.mean(0)
+        _swap_variable(self, "embeddings", table, trainable=True)
+        self.vocab_size = rows
 
     def attend(self, hidden):  # (..., D) -> (..., V)
         return matmul_2d(hidden, tf.cast(self.embeddings, hidden.dtype), transpose_b=True)
@@ -645,10 +671,18 @@ class BartPreTrainedModel(PretrainedMixin, KerasTrainingMixin, keras.Model):
 
     def __call__(self, *args, **kwargs):
         """Inputs are checked here, before Keras wraps ``call``: its errors would start with "Exception
-        encountered when calling ...", not with the problem."""
+        encountered when calling ...", not with the problem. As the reference, the first argument may be a
+        dict of inputs (the tokenizer's ``BatchEncoding``): its entries become keyword arguments, beside the
+        keyword arguments given (an argument given both ways is an error)."""
+        if args and isinstance(args[0], dict):
+            inputs = dict(args[0])
+            both = sorted(set(inputs) & set(kwargs))
+            if both:
+                raise TypeError(f"{type(self).__name__}: {both} given both in the input dict and as keywords")
+            args, kwargs = args[1:], {**inputs, **kwargs}
+            if args:
+                raise TypeError(f"{type(self).__name__}: with a dict of inputs, pass the rest as keywords")
         given = dict(zip(_call_parameters(type(self)), args), **kwargs)
-        if isinstance(given.get("input_ids"), dict):
-            given = {**given, **given.pop("input_ids")}
         if self.head not in ("conditional_generation", "causal_lm"):
             given.pop("labels", None)  # class labels and positions: not token ids
         check_inputs(self.config, self.head == "causal_lm", given.get("past_key_values"),
@@ -662,9 +696,79 @@ class BartPreTrainedModel(PretrainedMixin, KerasTrainingMixin, keras.Model):
         self.built = True
 
     def _flags(self, output_attentions, output_hidden_states, use_cache, return_dict):
-        return (bool(output_attentions), bool(output_hidden_states),
-                self.config.use_cache if use_cache is None else bool(use_cache),
-                True if return_dict is None else bool(return_dict))
+        """Arguments given win, then the config's flags (``bart_core.outputs.output_flags``)."""
+        oa, oh, rd = O.output_flags(self.config, output_attentions, output_hidden_states, return_dict)
+        return oa, oh, self.config.use_cache if use_cache is None else bool(use_cache), rd
+
+    # ------------------------------------------------------------------ the reference's model surface
+    def get_input_embeddings(self) -> "BartScaledWordEmbedding":
+        """The token embedding layer (shared by encoder and decoder)."""
+        return self.get_decoder().embed_tokens
+
+    def get_encoder(self):
+        return getattr(self.model, "encoder", None)
+
+    def get_decoder(self):
+        return self.model.decoder
+
+    def get_output_embeddings(self):
+        """The layer whose ``attend`` gives the logits (the tied embedding or ``lm_head``); None without LM head."""
+        if not hasattr(self, "lm_logits"):
+            return None
+        return self.lm_head if getattr(self, "lm_head", None) is not None else self.get_input_embeddings()
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return cls.head in ("conditional_generation", "causal_lm")
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameters counted once each (the tied embedding once), as the reference."""
+        seen, total = set(), 0
+        emb = {id(v) for v in self.get_input_embeddings().weights} if exclude_embeddings else set()
+        for v in (self.trainable_weights if only_trainable else self.weights):
+            if id(v) in seen or id(v) in emb:
+                continue
+            seen.add(id(v))
+            total += int(np.prod(v.shape))
+        return total
+
+    def resize_token_embeddings(self, new_num_tokens: Optional[int] = None):
+        """Resize the vocabulary to ``new_num_tokens`` rows as the reference: kept rows copied, new rows the mean
+        of the old ones (an untied ``lm_head`` likewise), new ``final_logits_bias`` entries zero. Returns the
+        embedding layer; ``None`` changes nothing."""
+        emb = self.get_input_embeddings()
+        if new_num_tokens is None or new_num_tokens == emb.vocab_size:
+            return emb
+        emb.resize(new_num_tokens)
+        if getattr(self, "lm_head", None) is not None:
+            self.lm_head.resize(new_num_tokens)
+        if hasattr(self, "final_logits_bias"):
+            old = np.asarray(self.final_logits_bias)
+            bias = np.zeros((1, new_num_tokens), old.dtype)
+            bias[:, :min(new_num_tokens, old.shape[1])] = old[:, :new_num_tokens]
+            _swap_variable(self, "final_logits_bias", bias, trainable=False)
+        self.config.vocab_size = new_num_tokens
+        return emb
+        state = self.numpy_state_dict()
+        keep = min(new_num_tokens, self.config.vocab_size)
+        for name, value in list(state.items()):
+            if name.endswith("embed_tokens.weight") or name in ("model.shared.weight", "shared.weight",
+                                                                   "lm_head.weight"):
+                grown = np.empty((new_num_tokens,) + value.shape[1:], value.dtype)
+                grown[:keep], grown[keep:] = value[:keep], value.mean(0)
+                state[name] = grown
+            elif name == "final_logits_bias":
+                grown = np.zeros((1, new_num_tokens), value.dtype)
+                grown[:, :keep] = value[:, :keep]
+                state[name] = grown
+        self.config.vocab_size = new_num_tokens
+        fresh = type(self)(self.config)
+        fresh.load_numpy_state_dict(state)
+        for attr in ("model", "lm_head"):
+            if hasattr(fresh, attr):
+                setattr(self, attr, getattr(fresh, attr)) if attr == "lm_head" else None
+        self.__dict__.update({k: v for k, v in fresh.__dict__.items()})
+        return self.get_input_embeddings()
 
     @staticmethod
     def _result(out, return_dict: bool):
@@ -687,8 +791,6 @@ class BartModel(BartPreTrainedModel):
              head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
              past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, use_cache=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
-        if isinstance(input_ids, dict):
-            return self.call(**input_ids, training=training)
         oa, oh, uc, rd = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
                          decoder_attention_mask=decoder_attention_mask, head_mask=head_mask,
@@ -726,8 +828,6 @@ class BartForConditionalGeneration(GenerationMixin, BartPreTrainedModel):
              head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
              past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, labels=None, use_cache=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
-        if isinstance(input_ids, dict):
-            return self.call(**input_ids, training=training)
         oa, oh, uc, rd = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
         if labels is not None:
             uc = False
@@ -783,8 +883,6 @@ class BartForSequenceClassification(BartPreTrainedModel):
              head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
              past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, labels=None, use_cache=None,
              output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
-        if isinstance(input_ids, dict):
-            return self.call(**input_ids, training=training)
         oa, oh, uc, rd = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
         if labels is not None:
             uc = False
@@ -850,8 +948,6 @@ class BartForQuestionAnswering(BartPreTrainedModel):
              start_positions=None, end_positions=None, inputs_embeds=None, decoder_inputs_embeds=None,
              use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
              past_key_values=None, training=False):
-        if isinstance(input_ids, dict):
-            return self.call(**input_ids, training=training)
         oa, oh, uc, rd = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
         if start_positions is not None and end_positions is not None:
             uc = False
@@ -885,7 +981,8 @@ class BartForCausalLM(CausalGenerationMixin, BartPreTrainedModel):
     output_names_for_predict = ("logits",)
 
     def __init__(self, config: BartConfig, **kwargs):
-        config = config.copy(is_decoder=True, is_encoder_decoder=False)
+        config = copy.deepcopy(config)  # as the reference: a decoder-only copy (model.config.is_decoder holds)
+        config.is_decoder, config.is_encoder_decoder = True, False
         super().__init__(config, **kwargs)
         self.model = BartDecoderWrapper(config, name="model")
         self.lm_head = None if config.tie_word_embeddings else BartScaledWordEmbedding(
@@ -902,8 +999,6 @@ class BartForCausalLM(CausalGenerationMixin, BartPreTrainedModel):
     def call(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
              head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
              use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, training=False):
-        if isinstance(input_ids, dict):
-            return self.call(**input_ids, training=training)
         oa, oh, uc, rd = self._flags(output_attentions, output_hidden_states, use_cache, return_dict)
         dec = self.model.decoder(input_ids=input_ids, attention_mask=attention_mask,
                                  encoder_hidden_states=encoder_hidden_states,

@@ -9,6 +9,7 @@ from bart_torch.modeling import (
     BartModel,
     KVCache,
 )
+from bart_torch.pipelines import pipeline
 
 __all__ = ["BartModel", "BartForConditionalGeneration", "BartForSequenceClassification", "BartForQuestionAnswering",
-           "BartForCausalLM", "KVCache", "generate"]
+           "BartForCausalLM", "KVCache", "generate", "pipeline"]

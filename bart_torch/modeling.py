@@ -26,6 +26,7 @@ shape ``(B, H, index, hd)``); such a tuple is accepted wherever a ``KVCache`` is
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Optional, Sequence
 
@@ -36,7 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bart_core.config import BartConfig
-from bart_core.generation import default_generation_config
+from bart_core.generation import GENERATIVE_HEADS, default_generation_config
 from bart_core.inputs import VALUE_CHECKED, TensorInfo, check_model_inputs, check_token_ids
 from bart_core.names import POSITION_OFFSET
 from bart_core.outputs import (
@@ -47,6 +48,7 @@ from bart_core.outputs import (
     Seq2SeqModelOutput,
     Seq2SeqQuestionAnsweringModelOutput,
     Seq2SeqSequenceClassifierOutput,
+    output_flags,
 )
 
 # ============================================================================ 1. activations and mask helpers
@@ -475,11 +477,18 @@ class _GradientCheckpointing(nn.Module):
         return layer(*args)
 
 
+def _token_embedding(config: BartConfig) -> "BartScaledEmbedding":
+    scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+    return BartScaledEmbedding(config.vocab_size, config.d_model, config.pad_token_id, scale)
+
+
 class BartEncoder(_GradientCheckpointing):
-    def __init__(self, config: BartConfig, embed_tokens: nn.Embedding):
+    """The encoder stack; ``embed_tokens`` None (a standalone encoder, as the reference) makes its own."""
+
+    def __init__(self, config: BartConfig, embed_tokens: Optional[nn.Embedding] = None):
         super().__init__()
         self.config = config
-        self.embed_tokens = embed_tokens
+        self.embed_tokens = embed_tokens if embed_tokens is not None else _token_embedding(config)
         self.embed_positions = BartLearnedPositionalEmbedding(config.max_position_embeddings, config.d_model)
         self.layers = nn.ModuleList(BartEncoderLayer(config) for _ in range(config.encoder_layers))
         self.layernorm_embedding = nn.LayerNorm(config.d_model)
@@ -541,10 +550,12 @@ class BartEncoder(_GradientCheckpointing):
 
 
 class BartDecoder(_GradientCheckpointing):
-    def __init__(self, config: BartConfig, embed_tokens: nn.Embedding):
+    """The decoder stack; ``embed_tokens`` None (a standalone decoder, as the reference) makes its own."""
+
+    def __init__(self, config: BartConfig, embed_tokens: Optional[nn.Embedding] = None):
         super().__init__()
         self.config = config
-        self.embed_tokens = embed_tokens
+        self.embed_tokens = embed_tokens if embed_tokens is not None else _token_embedding(config)
         self.embed_positions = BartLearnedPositionalEmbedding(config.max_position_embeddings, config.d_model)
         self.layers = nn.ModuleList(BartDecoderLayer(config) for _ in range(config.decoder_layers))
         self.layernorm_embedding = nn.LayerNorm(config.d_model)
@@ -669,6 +680,46 @@ class BartPreTrainedModel(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.base_model.shared
 
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        """Use ``value`` as the token embedding (encoder and decoder share it); a tied ``lm_head`` follows."""
+        self._set_input_embeddings(value)
+        self.tie_weights()
+
+    def get_output_embeddings(self) -> Optional[nn.Linear]:
+        """The LM head (``None`` for the heads without one, as the reference)."""
+        return getattr(self, "lm_head", None)
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def get_encoder(self) -> Optional["BartEncoder"]:
+        base = self.base_model
+        return getattr(base, "encoder", None)
+
+    def get_decoder(self) -> "BartDecoder":
+        return self.base_model.decoder
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (shared tensors counted once), as the reference's ``num_parameters``."""
+        skip = set()
+        if exclude_embeddings:
+            skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        return sum(p.numel() for p in self.parameters()
+                   if id(p) not in skip and (p.requires_grad or not only_trainable))
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """True for the heads with ``generate`` (conditional generation, causal LM)."""
+        return cls.head in GENERATIVE_HEADS
+
+    @property
+    def dummy_inputs(self) -> dict:
+        """A small batch the model accepts, as the reference's ``dummy_inputs``."""
+        pad = self.config.pad_token_id
+        ids = torch.tensor([[0, 6, 10, 4, 2], [0, 8, 12, 2, pad]], device=self.device)
+        ids = ids.clamp(max=self.config.vocab_size - 1)
+        return {"attention_mask": ids.ne(pad), "input_ids": ids}
+
     @property
     def base_model(self) -> "BartModel":
         return self if isinstance(self, BartModel) else self.model
@@ -783,6 +834,8 @@ class BartModel(BartPreTrainedModel):
             decoder_input_ids = shift_tokens_right(input_ids, self.config.pad_token_id,
                                                    self.config.decoder_start_token_id)
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask, head_mask=head_mask,
                                            inputs_embeds=inputs_embeds, output_attentions=output_attentions,
@@ -796,11 +849,17 @@ class BartModel(BartPreTrainedModel):
                            cross_attn_head_mask=cross_attn_head_mask, past_key_values=past_key_values,
                            inputs_embeds=decoder_inputs_embeds, use_cache=use_cache,
                            output_attentions=output_attentions, output_hidden_states=output_hidden_states)
-        return Seq2SeqModelOutput(
+        return _result(Seq2SeqModelOutput(
             last_hidden_state=dec.last_hidden_state, past_key_values=dec.past_key_values,
             decoder_hidden_states=dec.hidden_states, decoder_attentions=dec.attentions,
             cross_attentions=dec.cross_attentions, encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states, encoder_attentions=encoder_outputs.attentions)
+            encoder_hidden_states=encoder_outputs.hidden_states, encoder_attentions=encoder_outputs.attentions),
+            return_dict)
+
+
+def _result(out, return_dict: bool):
+    """``return_dict=False``: the reference's tuple (non-None fields in order)."""
+    return out if return_dict else out.to_tuple()
 
 
 def shift_tokens_right(input_ids: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -848,12 +907,13 @@ class BartForConditionalGeneration(BartPreTrainedModel):
                                                        self.config.decoder_start_token_id)
         out = self.model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, head_mask,
                          decoder_head_mask, cross_attn_head_mask, encoder_outputs, past_key_values, inputs_embeds,
-                         decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states)
+                         decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states, return_dict=True)
         logits = self.logits(out.last_hidden_state)  # (B, T, V)
         loss = None
         if labels is not None:  # mean cross-entropy over labels != -100
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
-        return Seq2SeqLMOutput(loss=loss, logits=logits, **_seq2seq_fields(out))
+        return _result(Seq2SeqLMOutput(loss=loss, logits=logits, **_seq2seq_fields(out)),
+                       output_flags(self.config, return_dict=return_dict)[2])
 
     def generate(self, input_ids=None, attention_mask=None, **options):
         """Token ids ``(B * num_return_sequences, L)`` starting with the decoder start token (see generation.py)."""
@@ -913,7 +973,7 @@ class BartForSequenceClassification(BartPreTrainedModel):
                                  "pool the sentence representation from")
         out = self.model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, head_mask,
                          decoder_head_mask, cross_attn_head_mask, encoder_outputs, past_key_values, inputs_embeds,
-                         decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states)
+                         decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states, return_dict=True)
         hidden = out.last_hidden_state  # (B, S, D): the decoder runs over the shifted input
         if hidden.shape[1] != eos.shape[1]:
             raise ValueError(f"the decoder sequence (length {hidden.shape[1]}) must align with input_ids (length "
@@ -930,7 +990,8 @@ class BartForSequenceClassification(BartPreTrainedModel):
                 loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
             else:
                 loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
-        return Seq2SeqSequenceClassifierOutput(loss=loss, logits=logits, **_seq2seq_fields(out))
+        return _result(Seq2SeqSequenceClassifierOutput(loss=loss, logits=logits, **_seq2seq_fields(out)),
+                       output_flags(self.config, return_dict=return_dict)[2])
 
 
 class BartForQuestionAnswering(BartPreTrainedModel):
@@ -951,7 +1012,7 @@ class BartForQuestionAnswering(BartPreTrainedModel):
             use_cache = False
         out = self.model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, head_mask,
                          decoder_head_mask, cross_attn_head_mask, encoder_outputs, past_key_values, inputs_embeds,
-                         decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states)
+                         decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states, return_dict=True)
         logits = linear(self.qa_outputs, out.last_hidden_state)  # (B, S, 2)
         start_logits, end_logits = logits[..., 0].contiguous(), logits[..., 1].contiguous()  # (B, S) each
         loss = None
@@ -961,8 +1022,9 @@ class BartForQuestionAnswering(BartPreTrainedModel):
             end = end_positions.reshape(-1).clamp(0, ignored)
             loss = (F.cross_entropy(start_logits, start, ignore_index=ignored)
                     + F.cross_entropy(end_logits, end, ignore_index=ignored)) / 2
-        return Seq2SeqQuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
-                                                   **_seq2seq_fields(out))
+        return _result(Seq2SeqQuestionAnsweringModelOutput(loss=loss, start_logits=start_logits,
+                                                           end_logits=end_logits, **_seq2seq_fields(out)),
+                       output_flags(self.config, return_dict=return_dict)[2])
 
 
 class _DecoderHolder(nn.Module):
@@ -970,15 +1032,16 @@ class _DecoderHolder(nn.Module):
 
     def __init__(self, config: BartConfig):
         super().__init__()
-        scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self.decoder = BartDecoder(config, BartScaledEmbedding(config.vocab_size, config.d_model,
-                                                               config.pad_token_id, scale))
+        self.decoder = BartDecoder(config)
 
 
 class BartForCausalLM(BartPreTrainedModel):
     head = "causal_lm"
 
     def __init__(self, config: BartConfig):
+        # as the reference: a decoder-only copy of the config (model.config.is_decoder holds)
+        config = copy.deepcopy(config)
+        config.is_decoder, config.is_encoder_decoder = True, False
         super().__init__(config)
         self.model = _DecoderHolder(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -986,6 +1049,12 @@ class BartForCausalLM(BartPreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.decoder.embed_tokens
+
+    def get_encoder(self) -> None:
+        return None
+
+    def get_decoder(self) -> "BartDecoder":
+        return self.model.decoder
 
     def _set_input_embeddings(self, emb: nn.Embedding) -> None:
         self.model.decoder.embed_tokens = emb
@@ -1001,6 +1070,8 @@ class BartForCausalLM(BartPreTrainedModel):
                      inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
                      encoder_attention_mask=encoder_attention_mask, labels=labels)
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         out = self.model.decoder(input_ids=input_ids, attention_mask=attention_mask,
                                  encoder_hidden_states=encoder_hidden_states,
                                  encoder_attention_mask=encoder_attention_mask, head_mask=head_mask,
@@ -1011,9 +1082,9 @@ class BartForCausalLM(BartPreTrainedModel):
         loss = None
         if labels is not None:  # as the reference: labels are aligned with the logits (no shift), -100 ignored
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
-        return CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, past_key_values=out.past_key_values,
-                                                 hidden_states=out.hidden_states, attentions=out.attentions,
-                                                 cross_attentions=out.cross_attentions)
+        return _result(CausalLMOutputWithCrossAttentions(
+            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states,
+            attentions=out.attentions, cross_attentions=out.cross_attentions), return_dict)
 
     def generate(self, input_ids=None, attention_mask=None, **options):
         """Continue the prompt ``input_ids``; ids ``(B * num_return_sequences, L)`` start with the prompt."""

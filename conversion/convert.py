@@ -539,32 +539,12 @@ def write_pytorch_bin(tensors: Mapping[str, np.ndarray], path: str) -> None:
 
 
 def write_tf_h5_streaming(plan: Plan, tensors: Mapping[str, np.ndarray], path: str) -> None:
-    """``tf_model.h5`` in the layout of ``bart_core.formats.tf_h5`` (its ``h5_table`` is the mapping),
-    one dataset written, and released, at a time, in the target dtype."""
+    """``tf_model.h5`` through ``bart_core.formats.tf_h5.stage_tf_h5``, one dataset read and written at a time."""
     if plan.dtype is not None and plan.dtype.name == "bfloat16":
         raise ConversionError("--dtype bfloat16 cannot be written to tf_model.h5 (HDF5 has no bfloat16 type); "
                               "use float16 or float32")
-    import h5py
-
-    from bart_core.formats import tf_h5
-
-    groups: dict[str, list[tuple[str, str, bool]]] = {}
-    for name, layer, wname, transpose in tf_h5.h5_table(plan.config, plan.head):
-        groups.setdefault(layer, []).append((wname, name, transpose))
-    with h5py.File(path, "w") as f:
-        f.attrs["layer_names"] = np.array(list(groups), dtype=h5py.string_dtype())
-        f.attrs["backend"] = "tensorflow"
-        f.attrs["keras_version"] = tf_h5.KERAS_VERSION
-        for layer, weights in groups.items():
-            g = f.create_group(layer)
-            g.attrs["weight_names"] = np.array([w for w, _, _ in weights], dtype=h5py.string_dtype())
-            for wname, name, transpose in weights:
-                arr = tensors[name]
-                if arr.dtype.name not in ("float32", "float16"):
-                    arr = arr.astype(np.float32)
-                g.create_dataset(wname, data=np.ascontiguousarray(arr.T) if transpose else arr)
-                del arr
-        f.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype=np.float64)
+    from bart_core.formats.tf_h5 import stage_tf_h5
+    stage_tf_h5(path, tensors, plan.config, plan.head)
 
 
 def _msgpack_ext_header(n: int, code: int) -> bytes:
@@ -743,7 +723,8 @@ def _output_nbytes(plan: Plan, targets: Sequence[str], torch_bin: bool) -> int:
     """About what the weight files of ``targets`` take on disk (safetensors counted once for torch/safetensors)."""
     files = len(set("safetensors" if t == "torch" else t for t in targets)) + bool(torch_bin)
     tf_wider = "tf" in targets and plan.dtype is not None and plan.dtype.itemsize < 4  # h5 is written in float32
-    return plan.nbytes * files + (plan.nbytes if tf_wider else 0)
+    overhead = 8192 * len(plan.tensors) * files + 1_000_000  # headers, HDF5 object headers and B-trees, configs
+    return plan.nbytes * files + (plan.nbytes if tf_wider else 0) + overhead
 
 
 def targets_of(to: str) -> list[str]:

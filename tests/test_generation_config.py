@@ -174,7 +174,7 @@ def test_config_round_trip_keeps_legacy_fields_and_moves_generation_fields(legac
 def test_config_save_nulls_what_the_reference_moves(tmp_path):
     """Our BartConfig.save_pretrained + GenerationConfig.save_pretrained write what the reference's model
     save_pretrained writes for the same config: the same nulls in config.json, the same generation_config.json."""
-    t = _transformers()
+    _transformers()
     settings = dict(CNN_SETTINGS, forced_eos_token_id=2, repetition_penalty=1.3, encoder_no_repeat_ngram_size=2)
     _save_reference(tmp_path / "ref", **settings)
     config = BartConfig(**TINY, **settings)
@@ -354,11 +354,37 @@ def test_every_model_has_the_references_generation_config(backend, head):
         _assert_same_options(model.generation_config, ref.generation_config)
 
 
+@pytest.mark.parametrize("layout", ["generation_config.json", "legacy config.json"])
+def test_from_pretrained_generates_with_the_checkpoints_settings(backend, cnn_checkpoint, legacy_checkpoint, layout,
+                                                                 tmp_path):
+    """A folder the reference wrote (with generation_config.json and nulls in config.json, or the older layout
+    with the settings in config.json) loads in every backend, and ``generate`` with no options gives the
+    reference's tokens; our save of it loads in the reference with the same generation defaults."""
+    path = cnn_checkpoint if layout == "generation_config.json" else legacy_checkpoint
+    t = _transformers()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = t.BartForConditionalGeneration.from_pretrained(path).eval()
+    model = backend.from_pretrained(HEADS["conditional_generation"], path)
+    assert model.generation_config.num_beams == 4
+    inputs = seeded_inputs(model.config, batch=2, src_len=8)
+    expected = _reference_generate(ref, inputs)
+    np.testing.assert_array_equal(np.asarray(backend.generate(model, inputs["input_ids"], inputs["attention_mask"])),
+                                  expected)
+    backend.save_pretrained(model, str(tmp_path), safe_serialization=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        back = t.BartForConditionalGeneration.from_pretrained(str(tmp_path)).eval()
+    _assert_same_options(GenerationConfig.from_pretrained(str(tmp_path)), back.generation_config)
+    assert back.generation_config.num_beams == 4 and back.config.num_beams is None
+    np.testing.assert_array_equal(_reference_generate(back, inputs), expected)
+
+
 def test_generate_uses_the_model_generation_config(backend, cnn_checkpoint):
     """No options: the checkpoint's own settings (beam 4, length penalty, min length, n-gram ban, forced BOS)
     decide, as in the reference; a model without them decodes differently."""
     model, ref = _model_with_reference_weights(backend, cnn_checkpoint)
-    assert model.generation_config.num_beams == 1  # from config.json's nulls, until the loader reads the file
+    assert model.generation_config.num_beams == 1  # built from config.json's nulls: the defaults
     model.generation_config = GenerationConfig.from_pretrained(cnn_checkpoint)
     inputs = seeded_inputs(model.config, batch=2, src_len=8)
     expected = _reference_generate(ref, inputs)

@@ -296,7 +296,8 @@ CONVERT_KILL = textwrap.dedent("""
     import bart_core.fileio as fio
     point = sys.argv[1]
     if point == "mid_write":
-        import conversion.convert as cv
+        import conversion.convert
+        cv = sys.modules["conversion.convert"]
         original = cv.write_safetensors_streaming
         def write(plan, tensors, directory, *a, **k):
             with open(os.path.join(directory, "model.safetensors"), "wb") as f:
@@ -362,12 +363,26 @@ def test_two_conversions_into_one_destination_do_not_both_succeed(tmp_path, sour
     assert [e for e in os.listdir(tmp_path) if e.startswith(".out.")] == []
 
 
-def test_full_disk_during_tf_conversion_is_one_error_and_no_leftovers(small_disk, tmp_path, source):
+NO_PRECHECK = textwrap.dedent("""
+    import sys
+    import conversion.convert
+    sys.modules["conversion.convert"].check_free_space = lambda *a: None  # let the disk fill up mid-write
+    from conversion.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("precheck", [True, False])
+def test_full_disk_during_tf_conversion_is_one_error_and_no_leftovers(small_disk, tmp_path, source, precheck):
     dst = small_disk / "out"
     _fill(small_disk, 20_000)
-    run = _convert(source, dst, "--to", "tf", "--no-verify")
+    if precheck:
+        run = _convert(source, dst, "--to", "tf", "--no-verify")
+    else:
+        run = subprocess.run([sys.executable, "-c", NO_PRECHECK, str(source), str(dst), "--to", "tf", "--no-verify"],
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert run.returncode == 2, (run.returncode, run.stderr[-3000:])
-    assert len(run.stderr.strip().splitlines()) == 1 and "space" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "space" in run.stderr, run.stderr[-3000:]
     assert sorted(os.listdir(small_disk)) == ["filler"]
 
 

@@ -159,24 +159,35 @@ def write_tf_h5(tensors: dict[str, np.ndarray], config: BartConfig, head: str, p
 
 
 def stage_tf_h5(path: str, tensors: Mapping[str, np.ndarray], config: BartConfig, head: str) -> None:
-    """Write the ``tf_model.h5`` layout at ``path`` directly (a staged temporary path: atomicity is the caller's)."""
+    """Write the ``tf_model.h5`` layout at ``path`` directly (a staged temporary path: atomicity is the caller's).
+
+    ``tensors`` may be lazy (conversion streams them): each is read, written and released in turn. float16 stays
+    float16, everything else is written as float32 (HDF5 has no bfloat16). The file is written through a Python
+    file object, so a full disk is an ``OSError`` (HDF5 writing to the path itself crashed the process on ENOSPC).
+    """
     import h5py
 
     from bart_core.checkpoint import CheckpointError
 
-    groups: dict[str, list[tuple[str, np.ndarray]]] = {}
+    groups: dict[str, list[tuple[str, str, bool]]] = {}
     for name, layer, wname, transpose in h5_table(config, head):
         if name not in tensors:
             raise CheckpointError(f"write_tf_h5: no tensor {name!r}")
-        arr = np.asarray(tensors[name], dtype=np.float32)
-        groups.setdefault(layer, []).append((wname, arr.T if transpose else arr))
-    with h5py.File(path, "w") as f:
-        f.attrs["layer_names"] = np.array(list(groups), dtype=h5py.string_dtype())
-        f.attrs["backend"] = "tensorflow"
-        f.attrs["keras_version"] = KERAS_VERSION
-        for layer, weights in groups.items():
-            g = f.create_group(layer)
-            g.attrs["weight_names"] = np.array([w for w, _ in weights], dtype=h5py.string_dtype())
-            for wname, arr in weights:
-                g.create_dataset(wname, data=np.ascontiguousarray(arr))
-        f.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype=np.float64)
+        groups.setdefault(layer, []).append((wname, name, transpose))
+    with open(path, "wb") as raw:
+        with h5py.File(raw, "w") as f:
+            f.attrs["layer_names"] = np.array(list(groups), dtype=h5py.string_dtype())
+            f.attrs["backend"] = "tensorflow"
+            f.attrs["keras_version"] = KERAS_VERSION
+            for layer, weights in groups.items():
+                g = f.create_group(layer)
+                g.attrs["weight_names"] = np.array([w for w, _, _ in weights], dtype=h5py.string_dtype())
+                for wname, name, transpose in weights:
+                    arr = np.asarray(tensors[name])
+                    if arr.dtype != np.float16:
+                        arr = arr.astype(np.float32)
+                    g.create_dataset(wname, data=np.ascontiguousarray(arr.T) if transpose else arr)
+                    del arr
+            f.create_group("top_level_model_weights").attrs["weight_names"] = np.array([], dtype=np.float64)
+        raw.flush()
+        os.fsync(raw.fileno())

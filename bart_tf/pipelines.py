@@ -1,0 +1,64 @@
+"""``pipeline`` for the Keras 3 / TensorFlow backend: the model calls of the shared task pipelines
+(``bart_core.pipelines``)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from bart_core.pipelines import Pipeline, build_pipeline
+
+
+class TFRunner:
+    """Forward and generate of one Keras model on numpy batches. Batch lengths are padded up to powers of two
+    (from 16), so the traced step graphs are few and reused from call to call."""
+
+    length_multiple = 16
+
+    def __init__(self, model, device=None):
+        self.model = model
+        self.config = model.config
+        if isinstance(device, int):
+            device = "/CPU:0" if device < 0 else f"/GPU:{device}"
+        self.device = device
+
+    @property
+    def generation_config(self):
+        return getattr(self.model, "generation_config", None)
+
+    def _scope(self):
+        return tf.device(self.device) if self.device is not None else contextlib.nullcontext()
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        with self._scope():
+            out = self.model(input_ids=tf.constant(input_ids, tf.int32),
+                             attention_mask=tf.constant(attention_mask, tf.int32), use_cache=False, training=False)
+        return {k: np.asarray(getattr(out, k), dtype=np.float32) for k in ("logits", "start_logits", "end_logits")
+                if getattr(out, k, None) is not None}
+
+    def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, **options) -> np.ndarray:
+        with self._scope():
+            out = self.model.generate(tf.constant(input_ids, tf.int32), attention_mask=tf.constant(attention_mask,
+                                                                                                  tf.int32), **options)
+        return np.asarray(getattr(out, "sequences", out))
+
+
+def _load(class_name: str, path, **kwargs):
+    import bart_tf
+    return getattr(bart_tf, class_name).from_pretrained(path, **kwargs)
+
+
+def pipeline(task: str, model: Any = None, tokenizer: Any = None, batch_size: Optional[int] = None, device=None,
+             model_kwargs: Optional[dict] = None, progress: Optional[bool] = None, **kwargs: Any) -> Pipeline:
+    """A task pipeline (``bart_core.pipelines``) on a Keras model: ``model`` is a checkpoint folder, a hub id or
+    a model object; ``tokenizer`` defaults to the checkpoint's; ``device`` a TensorFlow device name
+    (``"/GPU:0"``) or an int as the reference; other keywords become the defaults of every call (for example
+    ``jit_compile=True`` to run ``generate`` as one XLA program per batch shape)."""
+    return build_pipeline(task, model, tokenizer, batch_size, _load, TFRunner, device, model_kwargs, progress,
+                          **kwargs)
+
+
+__all__ = ["pipeline", "TFRunner"]
