@@ -38,12 +38,15 @@ METADATA_FIELDS = ("_from_model_config", "_commit_hash", "_original_object_hash"
 # else, they would change the result, and `generate` refuses them
 REFERENCE_ONLY_DEFAULTS: dict[str, Any] = {
     "max_time": None, "stop_strings": None, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0,
-    "eta_cutoff": 0.0, "encoder_repetition_penalty": 1.0, "bad_words_ids": None, "renormalize_logits": False,
-    "remove_invalid_values": False, "exponential_decay_length_penalty": None, "suppress_tokens": None,
+    "eta_cutoff": 0.0, "encoder_repetition_penalty": 1.0, "renormalize_logits": False,
+    "exponential_decay_length_penalty": None, "suppress_tokens": None,
     "begin_suppress_tokens": None, "sequence_bias": None, "token_healing": False, "guidance_scale": None,
-    "watermarking_config": None, "output_attentions": False, "output_hidden_states": False, "output_logits": None,
-    "encoder_no_repeat_ngram_size": 0, "penalty_alpha": None, "dola_layers": None, "diversity_penalty": 0.0,
-    "num_beam_groups": 1, "constraints": None, "force_words_ids": None, "prompt_lookup_num_tokens": None,
+    "watermarking_config": None,
+    "encoder_no_repeat_ngram_size": 0, "penalty_alpha": None, "dola_layers": None,
+    # diverse beam search: transformers 4.57.6 no longer has it in the library (its generate fetches
+    # "transformers-community/group-beam-search" code from the hub), so there is no reference to match here
+    "diversity_penalty": 0.0, "num_beam_groups": 1,
+    "constraints": None, "force_words_ids": None, "prompt_lookup_num_tokens": None,
     "max_matching_ngram_size": None, "assistant_early_exit": None,
 }
 # reference options that choose how, not what, is computed (cache layout, compilation, assisted decoding
@@ -85,6 +88,12 @@ class GenerationConfig:
     use_cache: bool = True
     output_scores: bool = False
     return_dict_in_generate: bool = False
+    output_logits: Optional[bool] = None   # GenerateOutput.logits: the raw logits of each step
+    output_attentions: bool = False        # GenerateOutput attentions of each step (eager loops only)
+    output_hidden_states: bool = False     # GenerateOutput hidden states of each step (eager loops only)
+    bad_words_ids: Optional[tuple] = None  # token sequences never generated (their last token is banned after
+    #                                        the others); lists are stored as tuples of tuples
+    remove_invalid_values: bool = False    # NaN -> 0, +-inf -> +-finfo.max in the scores (after forced EOS)
     # reference options this class does not model, name -> value (``REFERENCE_ONLY_DEFAULTS``, ...): kept for the
     # round trip through generation_config.json; ``generate`` refuses those set to a non-default value
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False, repr=False)
@@ -94,6 +103,14 @@ class GenerationConfig:
     transformers_version: Optional[str] = dataclasses.field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.bad_words_ids is not None:  # hashable (jit caches key on the options), as tuples
+            words = self.bad_words_ids
+            if not isinstance(words, (list, tuple)) or not words or not all(
+                    isinstance(w, (list, tuple)) and w and all(isinstance(t, int) and not isinstance(t, bool)
+                                                             and t >= 0 for t in w) for w in words):
+                raise ValueError(f"GenerationConfig.bad_words_ids must be a non-empty list of non-empty lists of "
+                                 f"token ids, got {words!r}")
+            object.__setattr__(self, "bad_words_ids", tuple(tuple(w) for w in words))
         self._check_types()
         self.validate()
 
@@ -143,7 +160,6 @@ class GenerationConfig:
              f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         need(self.num_return_sequences >= 1, f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
         if self.num_beams > 1:
-            need(not self.do_sample, "do_sample with num_beams > 1 (beam sampling) is not supported")
             need(self.num_return_sequences <= self.num_beams,
                  f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams ({self.num_beams})")
         elif not self.do_sample:
@@ -224,6 +240,8 @@ class GenerationConfig:
             if f.init and f.name != "extra":
                 d[f.name] = getattr(self, f.name)
         d.update(copy.deepcopy(dict(self.extra)))
+        if self.bad_words_ids is not None:  # JSON's form, as the reference writes it
+            d["bad_words_ids"] = [list(w) for w in self.bad_words_ids]
         if self.seed is None:
             d.pop("seed")  # not a reference option
         d["_from_model_config"] = self._from_model_config
@@ -433,3 +451,25 @@ def resolve_lengths(gen: GenerationConfig, prompt: int, max_length_given: bool,
         raise ValueError(f"max_length={max_length} needs {max_length - 1} decoder positions, more than "
                          f"max_position_embeddings={max_positions}")
     return gen.replace(max_length=max_length, max_new_tokens=None, min_length=min_length, min_new_tokens=None)
+
+
+def bad_word_sequences(gen: GenerationConfig) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    """``(single tokens, longer sequences)`` of ``gen.bad_words_ids``, as the reference's
+    ``NoBadWordsLogitsProcessor`` uses them: ``[eos_token_id]`` alone is dropped (ending stays possible); a single
+    token is banned at every step; a longer sequence bans its last token when the sequence ends with the others."""
+    if gen.bad_words_ids is None:
+        return (), ()
+    words = [w for w in gen.bad_words_ids if w != (gen.eos_token_id,)]
+    return tuple(sorted({w[0] for w in words if len(w) == 1})), tuple(w for w in words if len(w) > 1)
+
+
+def decoder_prompt(decoder_input_ids: Any, decoder_start_token_id: int):
+    """The decoder sequence ``generate`` continues, from ``decoder_input_ids`` (B, T) (numpy): as the reference,
+    the start token is put in front when no row begins with it."""
+    import numpy as np
+    ids = np.asarray(decoder_input_ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.shape[1] and not (ids[:, 0] != decoder_start_token_id).all():
+        return ids
+    return np.concatenate([np.full((ids.shape[0], 1), decoder_start_token_id, ids.dtype), ids], axis=1)

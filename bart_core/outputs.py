@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
+
 
 @dataclass
 class ModelOutput:
@@ -158,3 +160,52 @@ class GenerateOutput(ModelOutput):
     sequences: Any = None                      # (B * num_return_sequences, L), decoder start token first
     scores: Optional[tuple] = None             # one (B * beams, V) array of processed scores per step
     sequences_scores: Any = None               # beam search: final length-normalised score per sequence
+    logits: Optional[tuple] = None             # output_logits: one (B * beams, V) array of raw logits per step
+    # output_attentions / output_hidden_states, as the reference: encoder ones once; decoder ones per step, each a
+    # tuple over layers ((N, H, t, past + t) attentions, (N, t, D) hidden states, t = 1 after the first step)
+    encoder_attentions: Optional[tuple] = None
+    encoder_hidden_states: Optional[tuple] = None
+    decoder_attentions: Optional[tuple] = None
+    cross_attentions: Optional[tuple] = None
+    decoder_hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None         # BartForCausalLM: decoder self-attentions per step
+    hidden_states: Optional[tuple] = None      # BartForCausalLM: decoder hidden states per step
+
+
+class _SequencesArray:
+    """Generated ids that also read as the array ``sequences`` (``np.asarray(out)``, ``out.shape``), for code
+    written against a ``generate`` that returned the bare array."""
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.sequences, dtype=dtype)
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.sequences.shape)
+
+    @property
+    def dtype(self):
+        return self.sequences.dtype
+
+    def tolist(self) -> list:
+        return np.asarray(self.sequences).tolist()
+
+
+@dataclass
+class FlaxGreedySearchOutput(_SequencesArray, ModelOutput):
+    """Flax ``generate`` (greedy), as the reference's: ``sequences`` (B, L)."""
+    sequences: Any = None
+
+
+@dataclass
+class FlaxSampleOutput(_SequencesArray, ModelOutput):
+    """Flax ``generate`` (sampling), as the reference's: ``sequences`` (B * num_return_sequences, L)."""
+    sequences: Any = None
+
+
+@dataclass
+class FlaxBeamSearchOutput(_SequencesArray, ModelOutput):
+    """Flax ``generate`` (beam search), as the reference's: ``sequences`` (B * num_return_sequences, L) and
+    ``scores`` (B * num_return_sequences,), the final length-normalised beam scores."""
+    sequences: Any = None
+    scores: Any = None

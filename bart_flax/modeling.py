@@ -18,6 +18,7 @@ before any computation.
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any, Optional
 
@@ -38,6 +39,7 @@ from bart_core.outputs import (
     Seq2SeqModelOutput,
     Seq2SeqQuestionAnsweringModelOutput,
     Seq2SeqSequenceClassifierOutput,
+    output_flags,
 )
 
 Dtype = Any
@@ -501,6 +503,12 @@ class BartForSequenceClassificationModule(nn.Module):
     def encode(self, *args, **kw):
         return self.model.encode(*args, **kw)
 
+    def decode(self, *args, **kw):  # the base decoder's output, as the reference's Flax heads
+        return self.model.decode(*args, **kw)
+
+    def cross_kv(self, encoder_hidden_states):
+        return self.model.cross_kv(encoder_hidden_states)
+
     def __call__(self, input_ids, *args, deterministic=True, **kw):
         out = self.model(input_ids, *args, deterministic=deterministic, **kw)
         rep = eos_representation(input_ids, out.last_hidden_state, self.config.eos_token_id)
@@ -517,6 +525,12 @@ class BartForQuestionAnsweringModule(nn.Module):
 
     def encode(self, *args, **kw):
         return self.model.encode(*args, **kw)
+
+    def decode(self, *args, **kw):  # the base decoder's output, as the reference's Flax heads
+        return self.model.decode(*args, **kw)
+
+    def cross_kv(self, encoder_hidden_states):
+        return self.model.cross_kv(encoder_hidden_states)
 
     def __call__(self, *args, **kw):
         out = self.model(*args, **kw)
@@ -665,16 +679,36 @@ class BartPreTrainedModel:
             out.append(jnp.asarray(arr, jnp.float32))
         return jax.tree_util.tree_unflatten(treedef, out)
 
-    def to_bf16(self, params=None):
-        """Return ``params`` (default ``self.params``) with floating leaves cast to bfloat16."""
+    def _cast_params(self, params, dtype, mask):
+        """``params`` (default ``self.params``) with floating leaves cast to ``dtype``; ``mask``, a tree of the
+        same structure holding booleans, casts only the leaves where it is True (the reference's signature)."""
         params = self.params if params is None else params
-        return jax.tree_util.tree_map(
-            lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
-    def to_fp32(self, params=None):
+        def cast(x, keep=True):
+            return x.astype(dtype) if keep and jnp.issubdtype(x.dtype, jnp.floating) else x
+        if mask is None:
+            return jax.tree_util.tree_map(cast, params)
+        return jax.tree_util.tree_map(lambda x, m: cast(x, bool(m)), params, mask)
+
+    def to_bf16(self, params=None, mask=None):
+        """Return ``params`` with floating leaves cast to bfloat16 (see ``_cast_params`` for ``mask``)."""
+        return self._cast_params(params, jnp.bfloat16, mask)
+
+    def to_fp16(self, params=None, mask=None):
+        """Return ``params`` with floating leaves cast to float16 (see ``_cast_params`` for ``mask``)."""
+        return self._cast_params(params, jnp.float16, mask)
+
+    def to_fp32(self, params=None, mask=None):
+        """Return ``params`` with floating leaves cast to float32 (see ``_cast_params`` for ``mask``)."""
+        return self._cast_params(params, jnp.float32, mask)
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return cls.head in ("conditional_generation", "causal_lm")
+
+    def num_parameters(self, params=None) -> int:
         params = self.params if params is None else params
-        return jax.tree_util.tree_map(
-            lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+        return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
 
     def numpy_state_dict(self) -> dict[str, np.ndarray]:
         from bart_flax.io import params_to_state_dict
@@ -827,13 +861,20 @@ class BartModel(BartPreTrainedModel):
                  past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, use_cache=None,
                  output_attentions=None, output_hidden_states=None, return_dict=None, decoder_position_ids=None,
                  params=None, train=False, dropout_rng=None) -> Seq2SeqModelOutput:
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         attention_mask, decoder_input_ids = self._seq2seq_inputs(input_ids, attention_mask, decoder_input_ids,
                                                                  decoder_inputs_embeds, None, encoder_outputs,
                                                                  inputs_embeds, decoder_attention_mask, past_key_values)
-        return self._forward(params, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
-                             head_mask, decoder_head_mask, cross_attn_head_mask, encoder_outputs, past_key_values,
-                             inputs_embeds, decoder_inputs_embeds, output_attentions, output_hidden_states, train,
-                             dropout_rng, decoder_position_ids)
+        return _result(self._forward(params, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
+                                     head_mask, decoder_head_mask, cross_attn_head_mask, encoder_outputs,
+                                     past_key_values, inputs_embeds, decoder_inputs_embeds, output_attentions,
+                                     output_hidden_states, train, dropout_rng, decoder_position_ids), return_dict)
+
+
+def _result(out, return_dict: bool):
+    """``return_dict=False``: the reference's tuple (non-None fields in order)."""
+    return out if return_dict else out.to_tuple()
 
 
 def _seq2seq_fields(out: Seq2SeqModelOutput) -> dict:
@@ -865,6 +906,8 @@ class BartForConditionalGeneration(BartModel):
                  past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None, labels=None, use_cache=None,
                  output_attentions=None, output_hidden_states=None, return_dict=None, decoder_position_ids=None,
                  params=None, train=False, dropout_rng=None) -> Seq2SeqLMOutput:
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         attention_mask, decoder_input_ids = self._seq2seq_inputs(input_ids, attention_mask, decoder_input_ids,
                                                                  decoder_inputs_embeds, labels, encoder_outputs,
                                                                  inputs_embeds, decoder_attention_mask, past_key_values)
@@ -873,7 +916,7 @@ class BartForConditionalGeneration(BartModel):
                                     past_key_values, inputs_embeds, decoder_inputs_embeds, output_attentions,
                                     output_hidden_states, train, dropout_rng, decoder_position_ids)
         loss = None if labels is None else cross_entropy(logits, labels)     # logits (B, T, V), labels (B, T)
-        return Seq2SeqLMOutput(loss=loss, logits=logits, **_seq2seq_fields(out))
+        return _result(Seq2SeqLMOutput(loss=loss, logits=logits, **_seq2seq_fields(out)), return_dict)
 
     def generate(self, input_ids, attention_mask=None, params=None, prng_key=None, **options):
         """Decode with the options of ``bart_core.GenerationConfig`` (defaults from the model config), as one
@@ -896,6 +939,8 @@ class BartForSequenceClassification(BartModel):
                  dropout_rng=None) -> Seq2SeqSequenceClassifierOutput:
         if input_ids is None:
             raise ValueError("BartForSequenceClassification needs input_ids (it pools at the last <eos>)")
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         check_inputs(self.config, input_ids=input_ids)
         if _is_concrete(input_ids):
             counts = (np.asarray(input_ids) == self.config.eos_token_id).sum(1)
@@ -915,7 +960,8 @@ class BartForSequenceClassification(BartModel):
                                     past_key_values, inputs_embeds, decoder_inputs_embeds, output_attentions,
                                     output_hidden_states, train, dropout_rng)
         loss = None if labels is None else classification_loss(logits, labels, self.config)
-        return Seq2SeqSequenceClassifierOutput(loss=loss, logits=logits, **_seq2seq_fields(out))
+        return _result(Seq2SeqSequenceClassifierOutput(loss=loss, logits=logits, **_seq2seq_fields(out)),
+                       return_dict)
 
 
 def classification_loss(logits, labels, config: BartConfig):
@@ -950,6 +996,8 @@ class BartForQuestionAnswering(BartModel):
                  use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
                  past_key_values=None, params=None, train=False,
                  dropout_rng=None) -> Seq2SeqQuestionAnsweringModelOutput:
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         attention_mask, decoder_input_ids = self._seq2seq_inputs(input_ids, attention_mask, decoder_input_ids,
                                                                  decoder_inputs_embeds, None, encoder_outputs,
                                                                  inputs_embeds, decoder_attention_mask, past_key_values)
@@ -963,14 +1011,20 @@ class BartForQuestionAnswering(BartModel):
             s = jnp.clip(jnp.asarray(start_positions).reshape(-1), 0, ignored)
             e = jnp.clip(jnp.asarray(end_positions).reshape(-1), 0, ignored)
             loss = (cross_entropy(start, s, ignored) + cross_entropy(end, e, ignored)) / 2
-        return Seq2SeqQuestionAnsweringModelOutput(loss=loss, start_logits=start, end_logits=end,
-                                                   **_seq2seq_fields(out))
+        return _result(Seq2SeqQuestionAnsweringModelOutput(loss=loss, start_logits=start, end_logits=end,
+                                                           **_seq2seq_fields(out)), return_dict)
 
 
 class BartForCausalLM(BartPreTrainedModel):
     """Decoder-only BART; cross-attention runs when ``encoder_hidden_states`` are given."""
     head = "causal_lm"
     module_class = BartForCausalLMModule
+
+    def __init__(self, config: BartConfig, *args, **kwargs):
+        if isinstance(config, BartConfig):  # as the reference: a decoder-only copy (model.config.is_decoder holds)
+            config = copy.deepcopy(config)
+            config.is_decoder, config.is_encoder_decoder = True, False
+        super().__init__(config, *args, **kwargs)
 
     def _init_args(self):
         ids = jnp.full((1, 4), self.config.eos_token_id, jnp.int32)
@@ -980,6 +1034,8 @@ class BartForCausalLM(BartPreTrainedModel):
                  head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
                  use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
                  position_ids=None, params=None, train=False, dropout_rng=None) -> CausalLMOutputWithCrossAttentions:
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict)
         check_inputs(self.config, True, past_key_values, input_ids=input_ids, attention_mask=attention_mask,
                      inputs_embeds=inputs_embeds, encoder_hidden_states=_hidden(encoder_hidden_states),
                      encoder_attention_mask=encoder_attention_mask, labels=labels)
@@ -993,9 +1049,9 @@ class BartForCausalLM(BartPreTrainedModel):
                                   output_hidden_states=bool(output_hidden_states), train=train,
                                   dropout_rng=dropout_rng)
         loss = None if labels is None else cross_entropy(logits, labels)     # no shift, as the reference
-        return CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, past_key_values=out.past_key_values,
-                                                 hidden_states=out.hidden_states, attentions=out.attentions,
-                                                 cross_attentions=out.cross_attentions)
+        return _result(CausalLMOutputWithCrossAttentions(
+            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states,
+            attentions=out.attentions, cross_attentions=out.cross_attentions), return_dict)
 
     def generate(self, input_ids, attention_mask=None, params=None, prng_key=None, **options):
         """Continue the prompts ``input_ids`` (B, L0) with the options of ``bart_core.GenerationConfig``, as one

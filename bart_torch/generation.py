@@ -30,7 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bart_core.generation import GenerationConfig, resolve_generation_config, resolve_lengths
+from bart_core.generation import (
+    GenerationConfig,
+    bad_word_sequences,
+    decoder_prompt,
+    resolve_generation_config,
+    resolve_lengths,
+)
 from bart_core.inputs import check_unpadded_prompt
 from bart_core.outputs import BaseModelOutput, GenerateOutput
 
@@ -81,6 +87,35 @@ class NoRepeatNGram(LogitsProcessor):
         return scores.masked_fill(banned[:, :vocab], NEG_INF)
 
 
+class BadWords(LogitsProcessor):
+    """Ban single tokens always, and the last token of a longer sequence when the sequence ends with the rest
+    (``bart_core.generation.bad_word_sequences``)."""
+
+    def __init__(self, single: tuple, longer: tuple):
+        self.single, self.longer = list(single), longer
+
+    def __call__(self, seqs, scores):
+        banned = torch.zeros_like(scores, dtype=torch.bool)  # (N, V)
+        if self.single:
+            banned[:, self.single] = True
+        for word in self.longer:
+            if len(word) > seqs.shape[1]:
+                continue
+            prefix = torch.tensor(word[:-1], dtype=seqs.dtype, device=seqs.device)
+            banned[:, word[-1]] |= (seqs[:, seqs.shape[1] - len(word) + 1:] == prefix).all(-1)
+        return scores.masked_fill(banned, NEG_INF)
+
+
+class RemoveInvalidValues(LogitsProcessor):
+    """NaN -> 0, +inf -> finfo.max, -inf -> finfo.min (the reference's InfNanRemoveLogitsProcessor)."""
+
+    def __call__(self, seqs, scores):
+        info = torch.finfo(scores.dtype)
+        out = torch.where(scores != scores, 0.0, scores)
+        out = torch.where(scores == float("inf"), info.max, out)
+        return torch.where(scores == float("-inf"), info.min, out)
+
+
 class MinLength(LogitsProcessor):
     def __init__(self, min_length: int, eos_token_id: int):
         self.min_length, self.eos = min_length, eos_token_id
@@ -114,8 +149,8 @@ class Temperature(LogitsProcessor):
 
 
 class TopK(LogitsProcessor):
-    def __init__(self, k: int):
-        self.k = k
+    def __init__(self, k: int, keep: int = 1):
+        self.k = max(k, keep)
 
     def __call__(self, seqs, scores):
         k = min(self.k, scores.shape[-1])
@@ -142,19 +177,25 @@ def build_processors(gen: GenerationConfig) -> list[LogitsProcessor]:
         procs.append(RepetitionPenalty(gen.repetition_penalty))
     if gen.no_repeat_ngram_size > 0:
         procs.append(NoRepeatNGram(gen.no_repeat_ngram_size))
+    single, longer = bad_word_sequences(gen)
+    if single or longer:
+        procs.append(BadWords(single, longer))
     if gen.min_length > 0 and gen.eos_token_id is not None:
         procs.append(MinLength(gen.min_length, gen.eos_token_id))
     if gen.forced_bos_token_id is not None:
         procs.append(ForcedToken(gen.forced_bos_token_id, 1))
     if gen.forced_eos_token_id is not None:
         procs.append(ForcedToken(gen.forced_eos_token_id, gen.max_length - 1))
-    if gen.do_sample:
+    if gen.remove_invalid_values:
+        procs.append(RemoveInvalidValues())
+    if gen.do_sample:  # beam sampling keeps a non-eos token besides eos, as the reference
+        keep = 2 if gen.num_beams > 1 else 1
         if gen.temperature != 1.0:
             procs.append(Temperature(gen.temperature))
         if gen.top_k:
-            procs.append(TopK(gen.top_k))
+            procs.append(TopK(gen.top_k, keep))
         if gen.top_p < 1.0:
-            procs.append(TopP(gen.top_p))
+            procs.append(TopP(gen.top_p, keep))
     return procs
 
 
@@ -207,8 +248,10 @@ def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def beam_search(step: StepFn, reorder: Callable, start: torch.Tensor, cache, gen: GenerationConfig,
-                procs: list, output_scores: bool = False):
-    """start: (B * num_beams, L0), beams of one input adjacent. Returns (sequences, scores, sequence scores)."""
+                procs: list, output_scores: bool = False, generator: Optional[torch.Generator] = None):
+    """start: (B * num_beams, L0), beams of one input adjacent. Returns (sequences, scores, sequence scores).
+    With ``gen.do_sample`` (beam sampling) the ``2 * num_beams`` candidates are drawn without replacement from
+    the softmax of the accumulated scores instead of taken as the best, as the reference."""
     beams, lp, early, max_length = gen.num_beams, gen.length_penalty, gen.early_stopping, gen.max_length
     n, prompt = start.shape
     b = n // beams
@@ -237,7 +280,11 @@ def beam_search(step: StepFn, reorder: Callable, start: torch.Tensor, cache, gen
         if output_scores:
             scores_out.append(logp)
         total = (logp.view(b, beams, vocab) + alive_scores[:, :, None]).view(b, beams * vocab)
-        cand_scores, cand_idx = torch.topk(total, k)  # (B, K)
+        if gen.do_sample:  # candidates in the order drawn (the reference's)
+            cand_idx = torch.multinomial(F.softmax(total, dim=-1), k, generator=generator)  # (B, K)
+            cand_scores = total.gather(1, cand_idx)
+        else:
+            cand_scores, cand_idx = torch.topk(total, k)  # (B, K)
         cand_beam, cand_tok = cand_idx // vocab, cand_idx % vocab
         cand = _take(alive, cand_beam)  # (B, K, max_length)
         cand[:, :, cur] = cand_tok
@@ -290,7 +337,8 @@ def _to_tensor(x, device, dtype=torch.long):
 
 
 def generate(model, input_ids=None, attention_mask=None, generator: Optional[torch.Generator] = None,
-             inference_mode: bool = True, encoder_outputs=None, generation_config=None, **options):
+             inference_mode: bool = True, encoder_outputs=None, generation_config=None, inputs_embeds=None,
+             decoder_input_ids=None, **options):
     """Generate with ``model`` (``BartForConditionalGeneration`` or ``BartForCausalLM``).
 
     ``options`` are ``GenerationConfig`` fields; they override ``generation_config``, which overrides
@@ -299,31 +347,51 @@ def generate(model, input_ids=None, attention_mask=None, generator: Optional[tor
     prompt (start token), capped at ``max_position_embeddings``. ``generator`` (or ``seed``)
     drives sampling. ``inference_mode`` runs under ``torch.inference_mode()`` (no autograd bookkeeping).
     Returns ids ``(B * num_return_sequences, L)``, or ``GenerateOutput`` with ``return_dict_in_generate=True``.
+
+    As the reference: no ``input_ids`` (nor ``inputs_embeds`` / ``encoder_outputs``) means one input made of
+    ``bos_token_id``; ``inputs_embeds`` (B, S, D) feed the encoder instead of ids; ``decoder_input_ids`` (B, T)
+    is the decoder sequence to continue (the start token is put in front when no row begins with it) and the
+    lengths count it; ``output_attentions`` / ``output_hidden_states`` / ``output_logits`` fill the matching
+    ``GenerateOutput`` fields (with ``return_dict_in_generate=True``).
     """
     gen = resolve_generation_config(getattr(model, "generation_config", None), generation_config, options,
                                     model.config)
     ctx = torch.inference_mode() if inference_mode else torch.no_grad()
     with ctx:
         return _generate(model, input_ids, attention_mask, gen, generator, encoder_outputs,
-                         max_length_given=options.get("max_length") is not None)
+                         max_length_given=options.get("max_length") is not None, inputs_embeds=inputs_embeds,
+                         decoder_input_ids=decoder_input_ids)
 
 
 def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator, encoder_outputs,
-              max_length_given: bool):
+              max_length_given: bool, inputs_embeds=None, decoder_input_ids=None):
     from bart_torch.modeling import BartForCausalLM, KVCache, check_inputs
 
     config = model.config
+    causal = isinstance(model, BartForCausalLM)
     device = model.get_input_embeddings().weight.device
     input_ids = _to_tensor(input_ids, device)
     attention_mask = _to_tensor(attention_mask, device)
-    if input_ids is None and encoder_outputs is None:
-        raise ValueError("generate() needs input_ids (or encoder_outputs)")
+    if inputs_embeds is not None:
+        if input_ids is not None:
+            raise ValueError("generate(): pass input_ids or inputs_embeds, not both")
+        if causal:
+            raise ValueError("BartForCausalLM.generate(inputs_embeds=...) is not supported: pass the prompt as "
+                             "input_ids")
+        if encoder_outputs is None:
+            inputs_embeds = torch.as_tensor(inputs_embeds, device=device)
+            encoder_outputs = model.model.encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                                  output_attentions=gen.output_attentions,
+                                                  output_hidden_states=gen.output_hidden_states)
+    if input_ids is None and encoder_outputs is None:  # as the reference: one input of bos_token_id
+        if gen.bos_token_id is None:
+            raise ValueError("generate() without input_ids needs bos_token_id to make them")
+        input_ids = torch.full((1, 1), gen.bos_token_id, dtype=torch.long, device=device)
     if input_ids is not None:
         if input_ids.dim() == 1:  # one unbatched prompt (and its mask)
             input_ids = input_ids[None]
             if attention_mask is not None and attention_mask.dim() == 1:
                 attention_mask = attention_mask[None]
-    causal = isinstance(model, BartForCausalLM)
     check_inputs(config, causal, input_ids=input_ids, attention_mask=attention_mask, encoder_outputs=encoder_outputs)
     if attention_mask is None and input_ids is not None:
         pad = gen.pad_token_id
@@ -335,6 +403,8 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
     dtype = model.get_input_embeddings().weight.dtype
 
     if causal:
+        if decoder_input_ids is not None:
+            raise ValueError("BartForCausalLM.generate has no decoder_input_ids: the prompt is input_ids")
         check_unpadded_prompt(input_ids.cpu().numpy(), None if attention_mask is None else
                               attention_mask.cpu().numpy(), gen.pad_token_id, gen.eos_token_id)
         start = input_ids.repeat_interleave(expand, dim=0)  # (N, L0)
@@ -342,8 +412,9 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
         enc_hidden = enc_mask = None
     else:
         if encoder_outputs is None:
-            encoder_outputs = model.model.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                                                  skip_padding=True)  # pads are masked in cross-attention
+            encoder_outputs = model.model.encoder(  # pads are masked in cross-attention
+                input_ids=input_ids, attention_mask=attention_mask, skip_padding=True,
+                output_attentions=gen.output_attentions, output_hidden_states=gen.output_hidden_states)
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0] if isinstance(
                 encoder_outputs, (tuple, list)) else encoder_outputs)
@@ -351,18 +422,37 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
         enc_mask = None if attention_mask is None else attention_mask.repeat_interleave(expand, dim=0)
         if enc_mask is not None and bool(enc_mask.bool().all()):
             enc_mask = None  # nothing padded: decided once here rather than at every step
-        start = torch.full((enc_hidden.shape[0], 1), gen.decoder_start_token_id, dtype=torch.long, device=device)
+        if decoder_input_ids is None:
+            start = torch.full((enc_hidden.shape[0], 1), gen.decoder_start_token_id, dtype=torch.long,
+                               device=device)
+        else:  # (B, T) prefix to continue -> (N, T')
+            prefix = decoder_prompt(_to_tensor(decoder_input_ids, "cpu").numpy(), gen.decoder_start_token_id)
+            if prefix.shape[0] * expand != enc_hidden.shape[0]:
+                raise ValueError(f"decoder_input_ids has {prefix.shape[0]} rows for "
+                                 f"{enc_hidden.shape[0] // expand} inputs")
+            start = torch.as_tensor(prefix, dtype=torch.long, device=device).repeat_interleave(expand, dim=0)
         decoder = model.model.decoder
 
     gen = resolve_lengths(gen, start.shape[1], max_length_given, config.max_position_embeddings)
     procs = build_processors(gen)
 
+    record = {"logits": [], "attentions": [], "cross_attentions": [], "hidden_states": []}
+
     def step(tokens: torch.Tensor, cache):
         """tokens: (N, t) -> logits (N, V) of the last position, cache."""
         out = decoder(input_ids=tokens, encoder_hidden_states=enc_hidden if cache is None or
                       cache.cross_k[0] is None else None, encoder_attention_mask=enc_mask, past_key_values=cache,
-                      use_cache=cache is not None, check_inputs=False)
-        return model.logits(out.last_hidden_state[:, -1, :]), out.past_key_values
+                      use_cache=cache is not None, check_inputs=False, output_attentions=gen.output_attentions,
+                      output_hidden_states=gen.output_hidden_states)
+        logits = model.logits(out.last_hidden_state[:, -1, :])
+        if gen.output_logits:
+            record["logits"].append(logits.float())
+        if gen.output_attentions:
+            record["attentions"].append(out.attentions)
+            record["cross_attentions"].append(out.cross_attentions)
+        if gen.output_hidden_states:
+            record["hidden_states"].append(out.hidden_states)
+        return logits, out.past_key_values
 
     cache = KVCache.allocate(config, start.shape[0], gen.max_length - 1, device, dtype) if gen.use_cache else None
     if gen.num_beams > 1:
@@ -374,11 +464,24 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
             return c.reorder(rows, cross=not cross_fixed[0])
 
         seqs, scores, seq_scores = beam_search(step, reorder, start, cache, gen, procs,
-                                               output_scores=gen.output_scores)
+                                               output_scores=gen.output_scores, generator=generator)
     else:
         seqs, scores = greedy_search(step, start, cache, gen, procs, generator,
                                      output_scores=gen.output_scores)
         seq_scores = None
-    if gen.return_dict_in_generate:
-        return GenerateOutput(sequences=seqs, scores=scores, sequences_scores=seq_scores)
-    return seqs
+    if not gen.return_dict_in_generate:
+        return seqs
+    out = GenerateOutput(sequences=seqs, scores=scores, sequences_scores=seq_scores,
+                         logits=tuple(record["logits"]) if gen.output_logits else None)
+    steps = {"attentions": tuple(record["attentions"]) if gen.output_attentions else None,
+             "hidden_states": tuple(record["hidden_states"]) if gen.output_hidden_states else None}
+    if causal:
+        out.attentions, out.hidden_states = steps["attentions"], steps["hidden_states"]
+    else:
+        out.decoder_attentions, out.decoder_hidden_states = steps["attentions"], steps["hidden_states"]
+        if gen.output_attentions:
+            out.cross_attentions = tuple(record["cross_attentions"])
+            out.encoder_attentions = encoder_outputs.attentions
+        if gen.output_hidden_states:
+            out.encoder_hidden_states = encoder_outputs.hidden_states
+    return out

@@ -115,7 +115,10 @@ def _flatten(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], n
         if isinstance(v, dict):
             out.update(_flatten(v, prefix + (str(k),)))
         else:
-            out[prefix + (str(k),)] = np.asarray(v)
+            arr = np.asarray(v)
+            if arr.dtype.kind not in "fiub":
+                raise ValueError(f"leaf {'/'.join(prefix + (str(k),))} is not a numeric array")
+            out[prefix + (str(k),)] = arr
     return out
 
 
@@ -124,19 +127,25 @@ def read_flax_msgpack(path: str | os.PathLike) -> dict[str, np.ndarray]:
     from bart_core.checkpoint import CheckpointError
     msgpack = _msgpack()
     path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
     try:
-        with open(path, "rb") as f:
-            tree = msgpack.unpackb(f.read(), ext_hook=_ext_hook, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.UnpackException) as e:
-        raise CheckpointError(f"{path}: not a flax msgpack checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(tree, dict):
-        raise CheckpointError(f"{path}: expected a parameter tree, got {type(tree).__name__}")
-    tree = _unchunk(tree)
-    if set(tree) == {"params"}:  # a variables dict rather than params
-        tree = tree["params"]
+        tree = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+        if not isinstance(tree, dict):
+            raise CheckpointError(f"{path}: expected a parameter tree, got {type(tree).__name__}")
+        tree = _unchunk(tree)
+        if set(tree) == {"params"}:  # a variables dict rather than params
+            tree = tree["params"]
+        flat = _flatten(tree)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, msgpack.exceptions.ExtraData,
+            msgpack.exceptions.UnpackException) as e:  # every way a corrupt tree fails to decode
+        detail = str(e).splitlines()[0][:200] if str(e) else ""
+        raise CheckpointError(f"{path}: not a flax msgpack checkpoint ({type(e).__name__}: {detail})") from None
     leaf_to_kind = {"kernel": True, "embedding": False, "scale": False, "bias": False}
     out = {}
-    for p, arr in _flatten(tree).items():
+    for p, arr in flat.items():
         leaf = p[-1]
         if leaf in leaf_to_kind:
             name = ".".join(p[:-1]) + (".bias" if leaf == "bias" else ".weight")

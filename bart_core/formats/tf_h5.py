@@ -114,12 +114,27 @@ def check_self_contained(f, path: str) -> None:
 
 
 def read_tf_h5(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """``{canonical name: array}`` (``model.``-prefixed, PyTorch layout) from a reference ``tf_model.h5``."""
+    """``{canonical name: array}`` (``model.``-prefixed, PyTorch layout) from a reference ``tf_model.h5``.
+
+    Any failure of the HDF5 library on the file (it raises RuntimeError, OSError, SystemError, ... on corrupt
+    structures) is a ``CheckpointError`` naming the file."""
+    from bart_core.checkpoint import CheckpointError
+
+    path = os.fspath(path)
+    try:
+        return _read_tf_h5(path)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        detail = str(e).splitlines()[0][:200] if str(e) else ""
+        raise CheckpointError(f"{path}: corrupt HDF5 weight file ({type(e).__name__}: {detail})") from None
+
+
+def _read_tf_h5(path: str) -> dict[str, np.ndarray]:
     import h5py
 
     from bart_core.checkpoint import CheckpointError
 
-    path = os.fspath(path)
     try:
         f = h5py.File(path, "r")
     except OSError as e:
