@@ -185,9 +185,8 @@ def test_legacy_zipless_pytorch_bin_loads(reference_checkpoint, tmp_path):
 
 
 def test_integer_weights_are_refused(reference_checkpoint, tmp_path):
-    from bart_core.checkpoint import load_state_dict, write_safetensors
-
     import bart_torch
+    from bart_core.checkpoint import load_state_dict, write_safetensors
     path = reference_checkpoint()
     state = load_state_dict(path)
     state["model.encoder.layernorm_embedding.bias"] = np.zeros(16, np.int32)
