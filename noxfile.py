@@ -59,6 +59,14 @@ def conversion(session):
 
 
 @nox.session(venv_backend=BACKEND)
+def docs(session):
+    """The documentation site (mkdocs-material + mkdocstrings), built with --strict into site/; its code examples
+    run in tests/test_docs.py."""
+    _install(session, "all,docs")
+    session.run("python", "-m", "mkdocs", "build", "--strict", *session.posargs)
+
+
+@nox.session(venv_backend=BACKEND)
 def slow(session):
     """Heavy checks (bart-base geometry equivalence, long training) excluded from CI's default run."""
     _pytest(session, "-m", "slow")

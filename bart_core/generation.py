@@ -64,6 +64,16 @@ _TOKEN_FIELDS = ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_
 
 @dataclass(frozen=True)
 class GenerationConfig:
+    """Decoding options of ``generate``, frozen and validated when built (a wrong value is a ``ValueError``).
+
+    Each field is one option (see the comments of the fields and the module notes for the length conventions
+    and the order of the logits processors). ``from_pretrained`` / ``save_pretrained`` read and write
+    ``generation_config.json``; ``replace(**changes)`` returns a modified copy; ``from_model_config`` derives
+    the options from a `BartConfig`. ``generate`` takes its options from its keyword arguments, then from a
+    ``generation_config=`` it is given, then from ``model.generation_config`` (read from the checkpoint), then
+    from these defaults (``resolve_generation_config``).
+    """
+
     max_length: int = 20                   # total decoder length, start token included
     max_new_tokens: Optional[int] = None   # overrides max_length: tokens generated after the start token
     min_length: int = 0                    # EOS is suppressed while the decoder sequence is shorter than this

@@ -1,15 +1,20 @@
 """Input semantics written once: shifting labels into decoder inputs, validating token ids, and the mask
 meaning every backend follows.
 
-Masks: an attention mask is boolean (or 0/1) with **True / 1 = attend**. Padding masks have shape
-``(batch, src_len)``; the combined mask handed to attention has shape ``(batch, 1, tgt_len, src_len)`` and
-is turned into an additive bias with one fill value, ``finfo(float32).min``, at the very end. Softmax runs in
-float32. The numpy helpers here are the executable definition the backends are tested against.
+Masks: an attention mask is boolean (or 0/1) with **True / 1 = attend**. A user's padding mask has shape
+``(batch, src_len)``; every mask handed to attention is 4-D and broadcasts against the scores ``(batch, heads,
+tgt_len, src_len)``: ``padding_mask`` gives ``(batch, 1, 1, src_len)``, ``causal_mask(...)[None, None]``
+``(1, 1, tgt_len, src_len)``, ``combine_masks`` ``(batch, 1, tgt_len, src_len)``. It becomes an additive bias
+only at the very end (``attention_bias``): 0 where attended, ``finfo(dtype).min`` elsewhere, ``dtype`` being the
+dtype of the scores it is added to (float32 wherever the scores are float32). Softmax runs in float32. The
+numpy helpers here are the executable definition the backends are tested against
+(``tests/backends/test_conformance.py``): each backend's ``make_padding_mask``, ``make_causal_mask`` and
+``attention_bias`` have the same signatures and give the same values.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -161,6 +166,28 @@ def check_unpadded_prompt(input_ids: np.ndarray, attention_mask: np.ndarray | No
                          "length without padding")
 
 
+def infer_attention_mask(input_ids: Any, pad_token_id: Optional[int], eos_token_id: Optional[int]) -> Any:
+    """The encoder mask ``generate`` uses when the caller gives none (the reference's rule): ``input_ids !=
+    pad_token_id`` (bool, True = attend) when ``pad_token_id`` is set and differs from ``eos_token_id``, else
+    ``None`` (attend everywhere). Only ``!=`` is used, so it works on numpy arrays and on torch / tf / jax tensors,
+    traced ones included. Every backend's ``generate`` calls it."""
+    if pad_token_id is None or pad_token_id == eos_token_id:
+        return None
+    return input_ids != pad_token_id
+
+
+def classification_problem_type(config: BartConfig, integer_labels: bool) -> str:
+    """The loss ``BartForSequenceClassification`` computes: ``config.problem_type`` when set; otherwise decided
+    per call, ``"regression"`` for ``num_labels == 1``, ``"single_label_classification"`` for integer labels,
+    else ``"multi_label_classification"``. The config is never written (the reference stores its first guess in
+    ``config.problem_type``, so a later call with labels of another kind would be misread)."""
+    if config.problem_type is not None:
+        return config.problem_type
+    if config.num_labels == 1:
+        return "regression"
+    return "single_label_classification" if integer_labels else "multi_label_classification"
+
+
 def position_ids(past_length: int, length: int) -> np.ndarray:
     """Row indices into the learned position table: ``past_length + arange(length) + 2``."""
     return np.arange(past_length, past_length + length) + POSITION_OFFSET
@@ -181,3 +208,19 @@ def combine_masks(padding_mask: np.ndarray | None, tgt_len: int, causal: bool = 
     if causal:
         mask = mask & causal_mask(tgt_len, pad.shape[-1], past_length)[None, None]
     return np.broadcast_to(mask, (pad.shape[0], 1, tgt_len, pad.shape[-1]))
+
+
+def padding_mask(attention_mask: np.ndarray | None) -> np.ndarray | None:
+    """``(batch, src_len)`` 0/1 or bool -> ``(batch, 1, 1, src_len)`` bool, True = attend; None stays None."""
+    if attention_mask is None:
+        return None
+    return np.asarray(attention_mask).astype(bool)[:, None, None, :]
+
+
+def attention_bias(mask: np.ndarray | None, dtype: Any = np.float32) -> np.ndarray | None:
+    """Bool mask (True = attend) -> additive bias of ``dtype`` (the scores' dtype): 0 where attended,
+    ``finfo(dtype).min`` elsewhere; None stays None. ``finfo.min`` rather than ``-inf`` keeps a row with
+    nothing to attend finite (uniform weights instead of NaN)."""
+    if mask is None:
+        return None
+    return np.where(np.asarray(mask, bool), 0.0, np.finfo(dtype).min).astype(dtype)

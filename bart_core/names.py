@@ -22,6 +22,9 @@ HEADS = ("base", "conditional_generation", "sequence_classification", "question_
 
 @dataclass(frozen=True)
 class ParamSpec:
+    """One parameter of the canonical name table (`param_table`): its reference PyTorch name, its shape in
+    PyTorch layout, its kind, and, for a tied alias, the name of the tensor that actually stores it."""
+
     name: str                 # canonical (reference PyTorch) name
     shape: tuple[int, ...]    # PyTorch layout
     kind: str                 # embedding | position | linear | bias | norm_weight | norm_bias | logits_bias

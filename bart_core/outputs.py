@@ -18,6 +18,11 @@ import numpy as np
 
 @dataclass
 class ModelOutput:
+    """Base of the output dataclasses: fields by attribute or by name (``out.logits``, ``out["logits"]``).
+
+    The fields that are not None also read as a mapping (``keys``, ``items``) and, by position, as a tuple
+    (``out[0]``, ``to_tuple``), as the reference's outputs. Arrays are the backend's tensors (torch, tf, jax)."""
+
     def __getitem__(self, key: str) -> Any:
         if not isinstance(key, str):
             return self.to_tuple()[key]
@@ -95,6 +100,9 @@ class BaseModelOutputWithPastAndCrossAttentions(ModelOutput):
 
 @dataclass
 class Seq2SeqModelOutput(ModelOutput):
+    """Output of ``BartModel``: the decoder's last hidden state ``(B, T, D)`` and the encoder's ``(B, S, D)``; hidden
+    states (embeddings, then each layer) and attentions when asked for; ``past_key_values``: the decoder cache."""
+
     last_hidden_state: Any = None              # decoder: (B, T, D)
     past_key_values: Any = None
     decoder_hidden_states: Optional[tuple] = None
@@ -107,6 +115,9 @@ class Seq2SeqModelOutput(ModelOutput):
 
 @dataclass
 class Seq2SeqLMOutput(ModelOutput):
+    """Output of ``BartForConditionalGeneration``: ``logits`` ``(B, T, vocab_size)``; ``loss`` (mean cross-entropy over
+    labels other than -100) when ``labels`` were given; the other fields as `Seq2SeqModelOutput`."""
+
     loss: Any = None                           # scalar mean cross-entropy over labels != -100
     logits: Any = None                         # (B, T, V)
     past_key_values: Any = None
@@ -120,6 +131,9 @@ class Seq2SeqLMOutput(ModelOutput):
 
 @dataclass
 class Seq2SeqSequenceClassifierOutput(ModelOutput):
+    """Output of ``BartForSequenceClassification``: ``logits`` ``(B, num_labels)`` from the decoder state at the
+    last end-of-sequence token; ``loss`` when ``labels`` were given."""
+
     loss: Any = None
     logits: Any = None                         # (B, num_labels)
     past_key_values: Any = None
@@ -133,6 +147,9 @@ class Seq2SeqSequenceClassifierOutput(ModelOutput):
 
 @dataclass
 class Seq2SeqQuestionAnsweringModelOutput(ModelOutput):
+    """Output of ``BartForQuestionAnswering``: ``start_logits`` and ``end_logits`` ``(B, S)``; ``loss`` (mean of the
+    start and end cross-entropies) when ``start_positions`` / ``end_positions`` were given."""
+
     loss: Any = None
     start_logits: Any = None                   # (B, S)
     end_logits: Any = None                     # (B, S)
@@ -147,6 +164,8 @@ class Seq2SeqQuestionAnsweringModelOutput(ModelOutput):
 
 @dataclass
 class CausalLMOutputWithCrossAttentions(ModelOutput):
+    """Output of ``BartForCausalLM``: ``logits`` ``(B, T, vocab_size)``; ``loss`` when ``labels`` were given."""
+
     loss: Any = None
     logits: Any = None                         # (B, T, V)
     past_key_values: Any = None
@@ -157,6 +176,10 @@ class CausalLMOutputWithCrossAttentions(ModelOutput):
 
 @dataclass
 class GenerateOutput(ModelOutput):
+    """What ``generate(..., return_dict_in_generate=True)`` returns: ``sequences`` ``(B * num_return_sequences, L)``;
+    ``scores`` (one array of processed scores per step) with ``output_scores=True``; ``sequences_scores`` for beam
+    search; per-step logits, attentions and hidden states when asked for."""
+
     sequences: Any = None                      # (B * num_return_sequences, L), decoder start token first
     scores: Optional[tuple] = None             # one (B * beams, V) array of processed scores per step
     sequences_scores: Any = None               # beam search: final length-normalised score per sequence

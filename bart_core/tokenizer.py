@@ -1301,13 +1301,35 @@ class _BartTokenizerBase:
 
 
 class BartTokenizerFast(_BartTokenizerBase):
-    __doc__ = _BartTokenizerBase.__doc__
+    """`BartTokenizer` under the reference's fast class name: the same tokenizer, ids and files.
+
+    Both classes run on the Rust ``tokenizers`` library and give the ids, offsets and decoded text of the
+    reference's fast and slow BART tokenizers; they differ only in ``is_fast`` and in which settings
+    ``save_pretrained`` writes to ``tokenizer_config.json`` (this one adds ``trim_offsets``). The constructor
+    arguments are described under `BartTokenizer`.
+    """
     is_fast = True
     _config_keys = ("errors", "add_prefix_space", "trim_offsets")
 
 
 class BartTokenizer(_BartTokenizerBase):
-    __doc__ = _BartTokenizerBase.__doc__
+    """BART's byte-level BPE tokenizer; the bart-base vocabulary ships in ``bart_core/data/bart-base-tokenizer``.
+
+    Load it with ``BartTokenizer.from_pretrained(folder_or_hub_id)``, or build it from ``vocab.json`` +
+    ``merges.txt`` or ``tokenizer.json`` (or a `tokenizers.Tokenizer` given as ``tokenizer_object``). Calling it
+    on a text or a list of texts gives a `BatchEncoding` with ``input_ids`` and ``attention_mask``: lists, or
+    tensors with ``return_tensors="pt"``, ``"tf"``, ``"np"`` or ``"jax"``; ``text_target=`` adds ``labels``.
+    ``decode`` / ``batch_decode`` turn ids back into text. Ids, offsets and decoded text are those of the
+    reference's fast and slow BART tokenizers; `BartTokenizerFast` is the same tokenizer under the other name.
+
+    ``add_prefix_space``: add a space before the text (and before each word of pre-split input), so the first
+    word is encoded like any other; bart-base was trained without it. ``trim_offsets``: offsets leave out the
+    leading space of a token. ``model_max_length``: the length ``truncation=True`` (and ``padding="max_length"``)
+    use when no ``max_length`` is given; 1024 (BART's position table) unless a config says otherwise.
+    ``clean_up_tokenization_spaces``: the default of the same ``decode`` option. ``padding_side`` /
+    ``truncation_side``: "right" or "left". Special tokens are strings or `tokenizers.AddedToken`;
+    ``additional_special_tokens`` adds more. Other reference keywords are accepted and kept in ``init_kwargs``.
+    """
     is_fast = False
 
 

@@ -29,7 +29,7 @@ from flax import linen as nn
 
 from bart_core import BartConfig
 from bart_core.generation import default_generation_config
-from bart_core.inputs import VALUE_CHECKED, TensorInfo, check_model_inputs
+from bart_core.inputs import VALUE_CHECKED, TensorInfo, check_model_inputs, classification_problem_type
 from bart_core.names import POSITION_OFFSET
 from bart_core.outputs import (
     BaseModelOutput,
@@ -43,7 +43,6 @@ from bart_core.outputs import (
 )
 
 Dtype = Any
-MASK_FILL = float(np.finfo(np.float32).min)
 
 
 # ============================================================================ 1. activations and mask helpers
@@ -57,8 +56,10 @@ ACT2FN = {
 }
 
 
-def make_padding_mask(mask: jax.Array) -> jax.Array:
-    """(B, S) 0/1 or bool, True = attend -> (B, 1, 1, S) bool."""
+def make_padding_mask(mask: Optional[jax.Array]) -> Optional[jax.Array]:
+    """(B, S) 0/1 or bool -> (B, 1, 1, S) bool, True = attend (None stays None)."""
+    if mask is None:
+        return None
     return jnp.asarray(mask).astype(bool)[:, None, None, :]
 
 
@@ -69,11 +70,12 @@ def make_causal_mask(tgt_len: int, src_len: int, past_length: Any = 0) -> jax.Ar
     return (k <= q)[None, None]
 
 
-def attention_bias(mask: Optional[jax.Array]) -> Optional[jax.Array]:
-    """Bool mask (True = attend) -> additive float32 bias with the one fill value finfo(float32).min."""
+def attention_bias(mask: Optional[jax.Array], dtype: Dtype = jnp.float32) -> Optional[jax.Array]:
+    """Bool mask (True = attend) -> additive bias of ``dtype`` (the scores' dtype): 0 where attended,
+    ``finfo(dtype).min`` elsewhere (None stays None)."""
     if mask is None:
         return None
-    return jnp.where(mask, 0.0, MASK_FILL).astype(jnp.float32)
+    return jnp.where(mask, 0.0, jnp.finfo(dtype).min).astype(dtype)
 
 
 def shift_tokens_right(ids: jax.Array, pad_token_id: int, decoder_start_token_id: int) -> jax.Array:
@@ -115,19 +117,20 @@ def embed_scale(config: BartConfig) -> float:
 
 
 # ============================================================================ 3. attention
-def dot_product_attention(q, k, v, bias, head_mask=None, dropout=None):
+def dot_product_attention(q, k, v, bias, scaling, head_mask=None, dropout=None):
     """q (Bq, H, T, hd), k/v (Bk, H, S, hd) with Bq = Bk * G (G beams share one encoder row),
     bias (1 | Bk | Bq, 1, 1 | T, S) float32 -> out (Bq, H, T, hd), probs (Bq, H, T, S) float32.
+    The float32 scores are multiplied by ``scaling`` (head_dim ** -0.5), as in every backend.
     G == 1 takes plain 4-D products: XLA:CPU runs the 5-D grouped ones up to 4x slower (bench/RESULTS.md)."""
     bq, h, t, hd = q.shape
     bk, s = k.shape[0], k.shape[2]
     g = bq // bk
     if g == 1:
-        scores = jnp.einsum("bhtd,bhsd->bhts", q, k).astype(jnp.float32)        # (B, H, T, S)
+        scores = jnp.einsum("bhtd,bhsd->bhts", q, k).astype(jnp.float32) * scaling  # (B, H, T, S)
         if bias is not None:
             scores = scores + bias
     else:
-        scores = jnp.einsum("bghtd,bhsd->bghts", q.reshape(bk, g, h, t, hd), k).astype(jnp.float32)  # (Bk, G, H, T, S)
+        scores = jnp.einsum("bghtd,bhsd->bghts", q.reshape(bk, g, h, t, hd), k).astype(jnp.float32) * scaling  # (Bk, G, H, T, S)
         if bias is not None:
             bias = bias.reshape(bk, g, 1, bias.shape[-2], s) if bias.shape[0] == bq else bias[:, None]
             scores = scores + bias
@@ -164,7 +167,7 @@ class BartAttention(nn.Module):
         return self._split(self.k_proj(states)), self._split(self.v_proj(states))
 
     def __call__(self, hidden, bias, kv_states=None, kv=None, cache=None, head_mask=None, deterministic=True):
-        q = self._split(self.q_proj(hidden)) * jnp.asarray(self.head_dim ** -0.5, self.dtype)  # (B, H, T, hd)
+        q = self._split(self.q_proj(hidden))                                  # (B, H, T, hd)
         new_cache = None
         if kv is not None:
             k, v = kv
@@ -181,7 +184,7 @@ class BartAttention(nn.Module):
         drop = None
         if self.config.attention_dropout > 0 and not deterministic:
             drop = functools.partial(self.dropout, deterministic=False)
-        out, probs = dot_product_attention(q, k, v, bias, head_mask, drop)   # (B, H, T, hd), (B, H, T, S)
+        out, probs = dot_product_attention(q, k, v, bias, self.head_dim ** -0.5, head_mask, drop)  # (B, H, T, hd), (B, H, T, S)
         b, h, t, hd = out.shape
         out = self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, h * hd))  # (B, T, D)
         return out, probs, new_cache
@@ -303,7 +306,7 @@ class BartEncoder(nn.Module):
         b, s = inputs_embeds.shape[:2]
         h = inputs_embeds.astype(self.dtype) + self.embed_positions(jnp.arange(s) + POSITION_OFFSET)[None]
         h = self.dropout(self.layernorm_embedding(h), deterministic=deterministic)
-        bias = None if attention_mask is None else attention_bias(make_padding_mask(attention_mask))  # (B,1,1,S)
+        bias = attention_bias(make_padding_mask(attention_mask))             # (B, 1, 1, S) or None
         hidden, attns = [], []
         for i in range(c.encoder_layers):
             hidden.append(h)
@@ -358,8 +361,7 @@ class BartDecoder(nn.Module):
         if attention_mask is not None:
             mask = mask & make_padding_mask(attention_mask)                  # (B, 1, T, L)
         self_bias = attention_bias(mask)
-        cross_bias = None if encoder_attention_mask is None else attention_bias(
-            make_padding_mask(encoder_attention_mask))                        # (B_enc, 1, 1, S)
+        cross_bias = attention_bias(make_padding_mask(encoder_attention_mask))  # (B_enc, 1, 1, S) or None
 
         hidden, self_attns, cross_attns, new_layers = [], [], [], []
         for i in range(c.decoder_layers):
@@ -918,10 +920,12 @@ class BartForConditionalGeneration(BartModel):
         loss = None if labels is None else cross_entropy(logits, labels)     # logits (B, T, V), labels (B, T)
         return _result(Seq2SeqLMOutput(loss=loss, logits=logits, **_seq2seq_fields(out)), return_dict)
 
-    def generate(self, input_ids, attention_mask=None, params=None, prng_key=None, **options):
+    def generate(self, input_ids=None, attention_mask=None, params=None, prng_key=None, **options):
         """Decode with the options of ``bart_core.GenerationConfig`` (defaults from the model config), as one
-        compiled ``jax.jit`` program. Returns ids (B * num_return_sequences, L) starting with the decoder start
-        token, or ``GenerateOutput`` with ``return_dict_in_generate=True``. Called eagerly, sequences are cut
+        compiled ``jax.jit`` program. Returns, as the reference, ``FlaxGreedySearchOutput`` /
+        ``FlaxSampleOutput`` / ``FlaxBeamSearchOutput`` whose ``.sequences`` (B * num_return_sequences, L) start
+        with the decoder start token (the output also reads as that array: ``np.asarray(out)``), or
+        ``GenerateOutput`` with ``return_dict_in_generate=True``. Called eagerly, sequences are cut
         after the last generated token (as the reference); under an outer ``jax.jit`` they keep the full
         ``max_length`` padded with ``pad_token_id``. ``prng_key`` (or ``seed``) drives sampling."""
         from bart_flax.generation import generate
@@ -965,16 +969,10 @@ class BartForSequenceClassification(BartModel):
 
 
 def classification_loss(logits, labels, config: BartConfig):
-    """As the reference: regression for one label, cross-entropy for integer labels, else multi-label BCE."""
+    """Regression for one label, cross-entropy for integer labels, else multi-label BCE; decided per call
+    (``bart_core.inputs.classification_problem_type``)."""
     labels = jnp.asarray(labels)
-    problem = config.problem_type
-    if problem is None:
-        if config.num_labels == 1:
-            problem = "regression"
-        elif jnp.issubdtype(labels.dtype, jnp.integer):
-            problem = "single_label_classification"
-        else:
-            problem = "multi_label_classification"
+    problem = classification_problem_type(config, jnp.issubdtype(labels.dtype, jnp.integer))
     logits = logits.astype(jnp.float32)
     if problem == "regression":
         if config.num_labels == 1:
@@ -1053,10 +1051,11 @@ class BartForCausalLM(BartPreTrainedModel):
             loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states,
             attentions=out.attentions, cross_attentions=out.cross_attentions), return_dict)
 
-    def generate(self, input_ids, attention_mask=None, params=None, prng_key=None, **options):
+    def generate(self, input_ids=None, attention_mask=None, params=None, prng_key=None, **options):
         """Continue the prompts ``input_ids`` (B, L0) with the options of ``bart_core.GenerationConfig``, as one
         compiled ``jax.jit`` program (prompt prefilled into the cache, then the loops of the seq2seq head).
-        Returns ids (B * num_return_sequences, L) starting with the prompt, or ``GenerateOutput`` with
+        Returns ``FlaxGreedySearchOutput`` / ``FlaxSampleOutput`` / ``FlaxBeamSearchOutput`` (as the reference)
+        whose ``.sequences`` (B * num_return_sequences, L) start with the prompt, or ``GenerateOutput`` with
         ``return_dict_in_generate=True``. ``max_length`` counts the prompt, ``max_new_tokens`` does not; neither
         given (``max_length`` at its default 20) means 20 new tokens, as the reference. Padded prompts
         (``attention_mask`` with zeros) raise ``ValueError``; under an outer ``jax.jit`` the mask cannot be

@@ -22,8 +22,14 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from bart_core.generation import GenerationConfig, resolve_generation_config, resolve_lengths
-from bart_core.inputs import check_unpadded_prompt
+from bart_core.generation import (
+    GenerationConfig,
+    bad_word_sequences,
+    decoder_prompt,
+    resolve_generation_config,
+    resolve_lengths,
+)
+from bart_core.inputs import check_unpadded_prompt, infer_attention_mask
 from bart_core.outputs import GenerateOutput
 
 NEG_INF = float("-inf")
@@ -55,6 +61,29 @@ def banned_ngram_mask(seqs, cur_len, ngram_size: int, vocab_size: int):
     return _scatter_flags(seqs[:, n - 1:], match, vocab_size)
 
 
+def bad_words_mask(seqs, cur_len, single: tuple, longer: tuple, vocab_size: int):
+    """(N, V) bool: ``single`` tokens, and the last token of each ``longer`` sequence whose other tokens end
+    ``seqs[:, :cur_len]`` (``bart_core.generation.bad_word_sequences``)."""
+    vocab = tf.range(vocab_size)[None, :]
+    banned = tf.zeros([tf.shape(seqs)[0], vocab_size], tf.bool)
+    for token in single:
+        banned |= vocab == token
+    for word in longer:
+        k = len(word) - 1
+        hit = tf.fill([tf.shape(seqs)[0]], cur_len >= k + 1)                               # (N,)
+        for i, token in enumerate(word[:-1]):  # position cur_len - k + i holds word[i]
+            hit &= tf.gather(seqs, tf.maximum(cur_len - k + i, 0), axis=1) == token
+        banned |= hit[:, None] & (vocab == word[-1])
+    return banned
+
+
+def remove_invalid_values(scores):
+    """NaN -> 0, +inf -> finfo.max, -inf -> finfo.min (the reference's InfNanRemoveLogitsProcessor)."""
+    info = np.finfo(np.float32)
+    out = tf.where(tf.math.is_nan(scores), 0.0, scores)
+    return tf.where(scores == np.inf, info.max, tf.where(scores == -np.inf, info.min, out))
+
+
 def process_scores(scores, seqs, cur_len, gen: GenerationConfig, max_length: int):
     """The reference's processors, in its order. scores (N, V) float32, seqs (N, L) with cur_len filled."""
     vocab_size = scores.shape[-1]
@@ -66,6 +95,9 @@ def process_scores(scores, seqs, cur_len, gen: GenerationConfig, max_length: int
         scores = tf.where(present, tf.where(scores < 0, scores * p, scores / p), scores)
     if gen.no_repeat_ngram_size > 0:
         scores = tf.where(banned_ngram_mask(seqs, cur_len, gen.no_repeat_ngram_size, vocab_size), NEG_INF, scores)
+    single, longer = bad_word_sequences(gen)
+    if single or longer:
+        scores = tf.where(bad_words_mask(seqs, cur_len, single, longer, vocab_size), NEG_INF, scores)
     if gen.eos_token_id is not None and gen.total_min_length > 0:
         scores = tf.where((vocab == gen.eos_token_id) & (cur_len < gen.total_min_length), NEG_INF, scores)
     if gen.forced_bos_token_id is not None:
@@ -74,6 +106,8 @@ def process_scores(scores, seqs, cur_len, gen: GenerationConfig, max_length: int
     if gen.forced_eos_token_id is not None:
         forced = tf.where(vocab == gen.forced_eos_token_id, 0.0, NEG_INF)
         scores = tf.where(cur_len == max_length - 1, tf.broadcast_to(forced, tf.shape(scores)), scores)
+    if gen.remove_invalid_values:
+        scores = remove_invalid_values(scores)
     return scores
 
 
@@ -170,8 +204,11 @@ def reorder_cache(state, beam_index):
     return tuple((tf.gather(k, beam_index), tf.gather(v, beam_index)) for k, v in state[0]), state[1]
 
 
-def beam_search(step_fn: Callable, cache, start, gen: GenerationConfig) -> dict:
-    """Beam search with the reference's semantics. start (B * num_beams, L0), beams of one input adjacent."""
+def beam_search(step_fn: Callable, cache, start, gen: GenerationConfig, seed=None) -> dict:
+    """Beam search with the reference's semantics. start (B * num_beams, L0), beams of one input adjacent. With
+    ``gen.do_sample`` (beam sampling) the 2 * num_beams candidates are drawn without replacement from the softmax
+    of the accumulated scores (Gumbel top-k, stateless in ``seed``), in the order drawn, as the reference's."""
+    seed = tf.zeros([2], tf.int32) if seed is None else tf.cast(seed, tf.int32)
     k, max_length, prompt = gen.num_beams, gen.total_max_length, _prompt_length(start)
     b = tf.shape(start)[0] // k
     keep = 2 * k                                    # continuations kept per step: max(2, 1 + n_eos) * beams
@@ -199,10 +236,19 @@ def beam_search(step_fn: Callable, cache, start, gen: GenerationConfig) -> dict:
         vocab_size = logits.shape[-1]
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
         log_probs = process_scores(log_probs, flat, cur_len, gen, max_length)
+        if gen.do_sample:
+            log_probs = warp_for_sampling(log_probs, gen, min_tokens_to_keep=2)
         if gen.output_scores:
             scores_ta = scores_ta.write(cur_len - prompt, log_probs)
         total = tf.reshape(log_probs, [b, k, vocab_size]) + s["running_scores"][:, :, None]
-        top_scores, top_index = tf.math.top_k(tf.reshape(total, [b, k * vocab_size]), keep)   # (B, 2K)
+        total = tf.reshape(total, [b, k * vocab_size])
+        if gen.do_sample:  # sampling without replacement: top-k of the scores plus Gumbel noise
+            u = tf.random.stateless_uniform(tf.shape(total), tf.stack([seed[0], seed[1] + cur_len]),
+                                            minval=np.finfo(np.float32).tiny, maxval=1.0)
+            top_index = tf.math.top_k(total - tf.math.log(-tf.math.log(u)), keep).indices
+            top_scores = tf.gather(total, top_index, batch_dims=1)
+        else:
+            top_scores, top_index = tf.math.top_k(total, keep)                                 # (B, 2K)
         parent, tokens = top_index // vocab_size, top_index % vocab_size
         top_seqs = _write_column(tf.gather(s["running"], parent, batch_dims=1), cur_len, tokens)  # (B, 2K, L)
         hits = (tokens == eos) | (cur_len + 1 >= max_length)                           # (B, 2K)
@@ -272,29 +318,37 @@ class GenerationMixin:
                       past_key_values=cache, use_cache=True)
         return self.lm_logits(out.last_hidden_state[:, -1:])[:, 0], out.past_key_values
 
-    def _prepare_generation(self, gen: GenerationConfig, input_ids, attention_mask, options) -> GenerationConfig:
-        """Check the inputs; ``gen`` with lengths counted from the decoder start token."""
-        return resolve_lengths(gen, 1, options.get("max_length") is not None, self.config.max_position_embeddings)
+    def _prepare_generation(self, gen: GenerationConfig, input_ids, attention_mask, options,
+                            prefix=None) -> GenerationConfig:
+        """Check the inputs; ``gen`` with lengths counted from the decoder start token (and ``prefix``)."""
+        return resolve_lengths(gen, 1 if prefix is None else int(prefix.shape[1]),
+                               options.get("max_length") is not None, self.config.max_position_embeddings)
 
-    def _start_decoding(self, input_ids, attention_mask, gen: GenerationConfig, expand: int):
-        """-> (start (N, 1) decoder start tokens, cache with the cross keys/values, encoder mask (N, S)),
-        N = B * expand."""
-        encoder_hidden = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def _start_decoding(self, input_ids, attention_mask, gen: GenerationConfig, expand: int, prefix=None,
+                        inputs_embeds=None):
+        """-> (start (N, L0): decoder start tokens or the ``prefix`` (B, L0) repeated, cache with the cross
+        keys/values, encoder mask (N, S)), N = B * expand."""
+        encoder_hidden = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                            inputs_embeds=inputs_embeds).last_hidden_state
         if expand > 1:  # (B, S, D) -> (B * expand, S, D), copies of one input adjacent
             encoder_hidden = tf.repeat(encoder_hidden, expand, axis=0)
             attention_mask = tf.repeat(attention_mask, expand, axis=0)
         cache = self.model.decoder.init_cache(encoder_hidden, gen.total_max_length)
-        start = tf.fill([tf.shape(encoder_hidden)[0], 1], gen.decoder_start_token_id)            # (N, 1)
+        if prefix is None:
+            start = tf.fill([tf.shape(encoder_hidden)[0], 1], gen.decoder_start_token_id)        # (N, 1)
+        else:
+            start = tf.repeat(prefix, expand, axis=0) if expand > 1 else prefix                  # (N, L0)
         return start, cache, attention_mask
 
     def _generate_core(self, input_ids, attention_mask, gen: GenerationConfig, seed=None,
-                       run_eagerly: bool = False) -> dict:
+                       run_eagerly: bool = False, prefix=None, inputs_embeds=None) -> dict:
         """Pure TensorFlow, static shapes: callable eagerly, under tf.function and under XLA. ``gen`` has absolute
         lengths (``_prepare_generation``)."""
-        input_ids = tf.cast(input_ids, tf.int32)
+        input_ids = None if input_ids is None else tf.cast(input_ids, tf.int32)
         attention_mask = tf.cast(attention_mask, tf.int32)
         expand = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences
-        start, cache, encoder_mask = self._start_decoding(input_ids, attention_mask, gen, expand)
+        extra = {} if prefix is None and inputs_embeds is None else {"prefix": prefix, "inputs_embeds": inputs_embeds}
+        start, cache, encoder_mask = self._start_decoding(input_ids, attention_mask, gen, expand, **extra)
 
         step = self._decode_step
         if tf.executing_eagerly() and not run_eagerly:  # the network step as a cached graph, the loop in Python
@@ -310,7 +364,7 @@ class GenerationMixin:
         if _prompt_length(start) > 1:  # prefill all prompt tokens but the last, which the loop's first step feeds
             _, state = step_fn(start[:, :-1], state)
         if gen.num_beams > 1:
-            return beam_search(step_fn, state, start, gen)
+            return beam_search(step_fn, state, start, gen, seed)
         return sample_search(step_fn, state, start, gen, seed)
 
     def _compiled_generate(self, gen: GenerationConfig, jit_compile: bool):
@@ -318,12 +372,14 @@ class GenerationMixin:
         functions = _COMPILED.setdefault(self, {})
         key = (gen, jit_compile)
         if key not in functions:
-            functions[key] = tf.function(lambda ids, mask, seed: self._generate_core(ids, mask, gen, seed),
-                                         jit_compile=jit_compile)
+            functions[key] = tf.function(
+                lambda ids, mask, seed, prefix=None, embeds=None: self._generate_core(
+                    ids, mask, gen, seed, prefix=prefix, inputs_embeds=embeds), jit_compile=jit_compile)
         return functions[key]
 
-    def generate(self, input_ids, attention_mask=None, jit_compile: bool | None = None, run_eagerly: bool = False,
-                 generation_config=None, **options):
+    def generate(self, input_ids=None, attention_mask=None, jit_compile: bool | None = None,
+                 run_eagerly: bool = False, generation_config=None, inputs_embeds=None, decoder_input_ids=None,
+                 **options):
         """Generate ids ``(B * num_return_sequences, L)``: rows start with the decoder start token
         (``BartForConditionalGeneration``) or with the prompt ``input_ids`` (``BartForCausalLM``).
 
@@ -335,26 +391,62 @@ class GenerationMixin:
         add ``run_eagerly=True`` to run every op eagerly (debugging: breakpoints and prints inside the network).
         Called inside a ``tf.function``, it traces into the caller, skips the eager input checks and returns the
         uncropped ``max_length`` columns.
+
+        As the reference: no ``input_ids`` (nor ``inputs_embeds``) means one input of ``bos_token_id``;
+        ``inputs_embeds`` (B, S, D) feed the encoder; ``decoder_input_ids`` (B, T), concrete (eager) values, is
+        the decoder sequence to continue (start token put in front when no row begins with it).
+        ``output_attentions`` / ``output_hidden_states`` / ``output_logits`` are refused: the loop is one graph
+        that keeps no per-step network outputs (the PyTorch backend returns them).
         """
         gen = resolve_generation_config(getattr(self, "generation_config", None), generation_config, options,
                                         self.config)
+        for flag in ("output_attentions", "output_hidden_states", "output_logits"):
+            if gen._get(flag):
+                raise ValueError(f"generate({flag}=True) is not supported by the TensorFlow backend: the decoding "
+                                 f"loop is one graph that keeps no per-step network outputs (bart_torch has it)")
         eager = tf.executing_eagerly()
+        causal = self.head == "causal_lm"
+        if inputs_embeds is not None:
+            if causal:
+                raise ValueError("BartForCausalLM.generate(inputs_embeds=...) is not supported: pass the prompt as "
+                                 "input_ids")
+            if input_ids is not None:
+                raise ValueError("generate(): pass input_ids or inputs_embeds, not both")
+        elif input_ids is None:  # as the reference: one input of bos_token_id
+            if gen.bos_token_id is None:
+                raise ValueError("generate() without input_ids needs bos_token_id to make them")
+            input_ids = tf.fill([1, 1], gen.bos_token_id)
         from bart_tf.modeling import check_inputs
-        check_inputs(self.config, self.head == "causal_lm", input_ids=input_ids, attention_mask=attention_mask)
-        input_ids = tf.cast(tf.convert_to_tensor(input_ids), tf.int32)
-        if attention_mask is None:  # the reference infers the mask from padding when pad != eos
-            if gen.pad_token_id is not None and gen.pad_token_id != gen.eos_token_id:
-                attention_mask = tf.cast(input_ids != gen.pad_token_id, tf.int32)
-            else:
-                attention_mask = tf.ones_like(input_ids)
-        gen = self._prepare_generation(gen, input_ids, attention_mask, options)
+        check_inputs(self.config, causal, input_ids=input_ids, attention_mask=attention_mask,
+                     inputs_embeds=inputs_embeds)
+        prefix = None
+        if decoder_input_ids is not None:
+            if causal:
+                raise ValueError("BartForCausalLM.generate has no decoder_input_ids: the prompt is input_ids")
+            if not eager:
+                raise ValueError("generate(decoder_input_ids=...) needs concrete ids (whether the start token is put "
+                                 "in front depends on them); call generate eagerly")
+            prefix = tf.constant(decoder_prompt(np.asarray(decoder_input_ids), gen.decoder_start_token_id),
+                                 tf.int32)
+        if inputs_embeds is not None:
+            inputs_embeds = tf.convert_to_tensor(inputs_embeds)
+            attention_mask = tf.ones(tf.shape(inputs_embeds)[:2], tf.int32) if attention_mask is None else \
+                tf.cast(attention_mask, tf.int32)
+        else:
+            input_ids = tf.cast(tf.convert_to_tensor(input_ids), tf.int32)
+        if attention_mask is None:
+            attention_mask = infer_attention_mask(input_ids, gen.pad_token_id, gen.eos_token_id)  # (B, S) or None
+            attention_mask = tf.ones_like(input_ids) if attention_mask is None else tf.cast(attention_mask, tf.int32)
+        gen = self._prepare_generation(gen, input_ids, attention_mask, options, prefix)
         seed = gen.seed if gen.seed is not None else (np.random.randint(0, 2**31 - 1) if gen.do_sample else 0)
         seed = tf.constant([seed, 0], tf.int32)
+        extra = {} if prefix is None and inputs_embeds is None else {"prefix": prefix, "embeds": inputs_embeds}
         if eager and jit_compile is not None:
             out = self._compiled_generate(gen.replace(seed=None), bool(jit_compile))(input_ids, attention_mask,
-                                                                                     seed)
+                                                                                     seed, **extra)
         else:
-            out = self._generate_core(input_ids, attention_mask, gen, seed, run_eagerly=run_eagerly)
+            out = self._generate_core(input_ids, attention_mask, gen, seed, run_eagerly=run_eagerly,
+                                      prefix=prefix, inputs_embeds=inputs_embeds)
         sequences, scores = out["sequences"], out["scores"]
         if eager:
             sequences = sequences[:, :int(out["length"])]
@@ -372,7 +464,8 @@ class CausalGenerationMixin(GenerationMixin):
     ``max_length`` left at the reference default of 20 means 20 new tokens (capped at ``max_position_embeddings``).
     The cache is prefilled with the prompt in one decoder pass; padded prompts are refused."""
 
-    def _prepare_generation(self, gen: GenerationConfig, input_ids, attention_mask, options) -> GenerationConfig:
+    def _prepare_generation(self, gen: GenerationConfig, input_ids, attention_mask, options,
+                            prefix=None) -> GenerationConfig:
         """Check the prompt (eagerly only); ``gen`` with lengths counted from the prompt's first token."""
         if tf.executing_eagerly():  # the mask here is the caller's or the one inferred from pad_token_id
             check_unpadded_prompt(np.asarray(input_ids), np.asarray(attention_mask), gen.pad_token_id,

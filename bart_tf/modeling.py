@@ -29,10 +29,17 @@ import tensorflow as tf
 from bart_core import outputs as O
 from bart_core.config import BartConfig
 from bart_core.generation import default_generation_config
-from bart_core.inputs import VALUE_CHECKED, TensorInfo, check_model_inputs, check_token_ids
+from bart_core.inputs import (
+    VALUE_CHECKED,
+    TensorInfo,
+    check_model_inputs,
+    check_token_ids,
+    classification_problem_type,
+)
 from bart_core.names import POSITION_OFFSET
 from bart_tf.generation import CausalGenerationMixin, GenerationMixin
 from bart_tf.io import PretrainedMixin
+from bart_tf.keras_model import KerasModelMixin
 from bart_tf.training import KerasTrainingMixin
 
 # ============================================================ 1. activations and mask helpers
@@ -44,24 +51,29 @@ ACT2FN = {
     "swish": tf.nn.silu,
     "tanh": tf.math.tanh,
 }
-MASK_FILL = float(np.finfo(np.float32).min)
 
 
-def make_padding_mask(attention_mask: tf.Tensor) -> tf.Tensor:
-    """(B, S) 0/1 or bool -> (B, S) bool, True = attend."""
-    return tf.cast(attention_mask, tf.bool)
+def make_padding_mask(attention_mask: Optional[tf.Tensor]) -> Optional[tf.Tensor]:
+    """(B, S) 0/1 or bool -> (B, 1, 1, S) bool, True = attend (None stays None)."""
+    if attention_mask is None:
+        return None
+    return tf.cast(attention_mask, tf.bool)[:, None, None, :]
 
 
 def make_causal_mask(tgt_len, src_len, past_length=0) -> tf.Tensor:
-    """(T, S) bool: query i (absolute position past_length + i) sees keys at positions <= its own."""
+    """(1, 1, T, S) bool: query i (absolute position past_length + i) sees keys at positions <= its own."""
     q = tf.range(tgt_len)[:, None] + past_length
     k = tf.range(src_len)[None, :]
-    return k <= q
+    return (k <= q)[None, None]
 
 
-def attention_bias(mask: tf.Tensor) -> tf.Tensor:
-    """bool (B|1, 1, T, S) -> float32 additive bias: 0 where True, finfo(float32).min elsewhere."""
-    return tf.where(mask, 0.0, MASK_FILL)
+def attention_bias(mask: Optional[tf.Tensor], dtype=tf.float32) -> Optional[tf.Tensor]:
+    """Bool mask (True = attend) -> additive bias of ``dtype`` (the scores' dtype): 0 where attended,
+    ``finfo(dtype).min`` elsewhere (None stays None)."""
+    if mask is None:
+        return None
+    dtype = tf.as_dtype(dtype)
+    return tf.where(mask, tf.zeros((), dtype), tf.constant(dtype.min, dtype))
 
 
 def shift_tokens_right(ids: tf.Tensor, pad_token_id: int, decoder_start_token_id: int) -> tf.Tensor:
@@ -87,6 +99,7 @@ def _tensor_info(x, values: bool) -> TensorInfo:
     return TensorInfo(shape, dtype.name, np.asarray(x) if concrete else None)
 
 
+@tf.autograph.experimental.do_not_convert  # plain Python on static shapes: autograph must not rewrite it
 def check_inputs(config: BartConfig, causal: bool = False, past_key_values=None, **args) -> None:
     """``bart_core.inputs.check_model_inputs`` on the arguments given, once per entry point (the model's
     ``__call__`` and ``generate``). Shapes and dtypes are checked under tf.function and XLA too; values (ids and
@@ -194,6 +207,8 @@ class BartScaledWordEmbedding(keras.layers.Layer):
     def build(self, input_shape=None):
         def init(shape, dtype=None):  # normal rows, zero padding row (the reference's padding_idx)
             w = keras.random.normal(shape, stddev=self.init_std, dtype=dtype)
+            if self.pad_token_id is None:
+                return w
             return w * tf.cast(tf.range(shape[0]) != self.pad_token_id, w.dtype)[:, None]
         self.embeddings = self.add_weight(name="embeddings", shape=(self.vocab_size, self.dim), initializer=init)
         self.built = True
@@ -263,7 +278,7 @@ class BartAttention(keras.layers.Layer):
         """hidden (B, T, D); attn_mask bool (B|1, 1, T, S) or None; key_value_states (B, S, D) for cross-attention.
         cache: self-attention ``(k, v)`` buffers (B, H, capacity, hd) written at ``cache_index``, or
         cross-attention ``(k, v)`` (B, H, S, hd) reused as they are. Returns (out (B, T, D), weights, (k, v))."""
-        q = self._split_heads(self.q_proj(hidden) * self.scaling)  # (B, H, T, hd)
+        q = self._split_heads(self.q_proj(hidden))                 # (B, H, T, hd)
         if self.is_cross:
             if cache is not None:
                 k, v = cache                                       # (B, H, S, hd)
@@ -277,7 +292,7 @@ class BartAttention(keras.layers.Layer):
                 start = [0, 0, cache_index, 0]
                 k = keras.ops.slice_update(cache[0], start, tf.cast(k, cache[0].dtype))
                 v = keras.ops.slice_update(cache[1], start, tf.cast(v, cache[1].dtype))
-        scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)  # (B, H, T, S)
+        scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * self.scaling  # (B, H, T, S)
         if attn_mask is not None:  # bool masks travel between layers (Keras would autocast a float bias)
             scores += attention_bias(attn_mask)
         probs = tf.nn.softmax(scores, axis=-1)
@@ -426,7 +441,7 @@ class BartEncoder(keras.layers.Layer):
         s = _dim(inputs_embeds, 1)
         hidden = tf.cast(inputs_embeds, self.compute_dtype) + self.embed_positions.lookup(0, s)
         hidden = _drop(self.dropout, self.layernorm_embedding(hidden), training)
-        mask = None if attention_mask is None else make_padding_mask(attention_mask)[:, None, None, :]  # (B,1,1,S)
+        mask = make_padding_mask(attention_mask)                                  # (B, 1, 1, S) or None
         states, attentions = (), ()
         for i, layer in enumerate(self.layers):
             if output_hidden_states:
@@ -516,15 +531,13 @@ class BartDecoder(keras.layers.Layer):
         hidden = _drop(self.dropout, self.layernorm_embedding(hidden), training)
 
         # masks, built once (bool, True = attend): self-attention (B|1, 1, T, capacity), cross (B, 1, 1, S)
-        mask = make_causal_mask(t, capacity, index)[None, None]
+        mask = make_causal_mask(t, capacity, index)                              # (1, 1, T, capacity)
         if attention_mask is not None:
-            pad = make_padding_mask(attention_mask)
-            if not isinstance(capacity, int) or pad.shape[1] != capacity:
-                pad = tf.pad(pad, [[0, 0], [0, capacity - _dim(pad, 1)]], constant_values=True)
-            mask = mask & pad[:, None, None, :]
-        cross_mask = None
-        if encoder_attention_mask is not None:
-            cross_mask = make_padding_mask(encoder_attention_mask)[:, None, None, :]
+            pad = make_padding_mask(attention_mask)                              # (B, 1, 1, L)
+            if not isinstance(capacity, int) or pad.shape[3] != capacity:
+                pad = tf.pad(pad, [[0, 0], [0, 0], [0, 0], [0, capacity - _dim(pad, 3)]], constant_values=True)
+            mask = mask & pad
+        cross_mask = make_padding_mask(encoder_attention_mask)                   # (B, 1, 1, S) or None
 
         states, self_ws, cross_ws, new_layers = (), (), (), []
         for i, layer in enumerate(self.layers):
@@ -658,7 +671,7 @@ def _call_parameters(cls) -> tuple:
     return tuple(inspect.signature(cls.call).parameters)[1:]
 
 
-class BartPreTrainedModel(PretrainedMixin, KerasTrainingMixin, keras.Model):
+class BartPreTrainedModel(PretrainedMixin, KerasModelMixin, KerasTrainingMixin, keras.Model):
     """Shared by the five classes: config handling, canonical state dict, IO, Keras training hooks."""
 
     head = "base"
@@ -775,6 +788,7 @@ class BartPreTrainedModel(PretrainedMixin, KerasTrainingMixin, keras.Model):
         return out if return_dict else out.to_tuple()
 
 
+@keras.saving.register_keras_serializable(package="bart3")
 class BartModel(BartPreTrainedModel):
     head = "base"
     output_names_for_predict = ("last_hidden_state",)
@@ -801,6 +815,7 @@ class BartModel(BartPreTrainedModel):
         return self._result(out, rd)
 
 
+@keras.saving.register_keras_serializable(package="bart3")
 class BartForConditionalGeneration(GenerationMixin, BartPreTrainedModel):
     head = "conditional_generation"
     output_names_for_predict = ("logits",)
@@ -808,8 +823,8 @@ class BartForConditionalGeneration(GenerationMixin, BartPreTrainedModel):
     def __init__(self, config: BartConfig, **kwargs):
         super().__init__(config, **kwargs)
         self.model = BartMainLayer(config, name="model")
-        self.lm_head = None if config.tie_word_embeddings else BartScaledWordEmbedding(
-            config.copy(scale_embedding=False), name="lm_head")
+        self.lm_head = None if config.tie_word_embeddings else BartScaledWordEmbedding(  # a plain linear map:
+            config.copy(scale_embedding=False, pad_token_id=None), name="lm_head")       # no zero padding row
         self._finish_init()
         self.final_logits_bias = self.add_weight(name="final_logits_bias", shape=(1, config.vocab_size),
                                                  initializer="zeros", trainable=False)
@@ -866,6 +881,7 @@ class BartClassificationHead(keras.layers.Layer):
         return self.out_proj(_drop(self.dropout, hidden, training))
 
 
+@keras.saving.register_keras_serializable(package="bart3")
 class BartForSequenceClassification(BartPreTrainedModel):
     head = "sequence_classification"
     output_names_for_predict = ("logits",)
@@ -910,22 +926,21 @@ class BartForSequenceClassification(BartPreTrainedModel):
 
     def _classification_loss(self, logits, labels):
         n = self.config.num_labels
-        if self.config.problem_type is None:
-            integer = labels.dtype.is_integer if hasattr(labels, "dtype") else np.asarray(labels).dtype.kind in "iu"
-            self.config.problem_type = ("regression" if n == 1 else
-                                        "single_label_classification" if integer else "multi_label_classification")
-        if self.config.problem_type == "regression":
+        labels = tf.convert_to_tensor(labels)
+        problem = classification_problem_type(self.config, labels.dtype.is_integer)  # per call; config untouched
+        if problem == "regression":
             labels = tf.cast(labels, tf.float32)
             if n == 1:
                 return tf.reduce_mean(tf.square(tf.squeeze(logits) - tf.squeeze(labels)))
             return tf.reduce_mean(tf.square(logits - labels))
-        if self.config.problem_type == "single_label_classification":
+        if problem == "single_label_classification":
             return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
                 labels=tf.reshape(tf.cast(labels, tf.int32), [-1]), logits=tf.reshape(logits, [-1, n])))
         return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(labels, tf.float32),
                                                                       logits=logits))
 
 
+@keras.saving.register_keras_serializable(package="bart3")
 class BartForQuestionAnswering(BartPreTrainedModel):
     head = "question_answering"
     output_names_for_predict = ("start_logits", "end_logits")
@@ -976,6 +991,7 @@ class BartForQuestionAnswering(BartPreTrainedModel):
             loss=loss, start_logits=start_logits, end_logits=end_logits, **_seq2seq_fields(out)), rd)
 
 
+@keras.saving.register_keras_serializable(package="bart3")
 class BartForCausalLM(CausalGenerationMixin, BartPreTrainedModel):
     head = "causal_lm"
     output_names_for_predict = ("logits",)
@@ -985,8 +1001,8 @@ class BartForCausalLM(CausalGenerationMixin, BartPreTrainedModel):
         config.is_decoder, config.is_encoder_decoder = True, False
         super().__init__(config, **kwargs)
         self.model = BartDecoderWrapper(config, name="model")
-        self.lm_head = None if config.tie_word_embeddings else BartScaledWordEmbedding(
-            config.copy(scale_embedding=False), name="lm_head")
+        self.lm_head = None if config.tie_word_embeddings else BartScaledWordEmbedding(  # a plain linear map:
+            config.copy(scale_embedding=False, pad_token_id=None), name="lm_head")       # no zero padding row
         self._finish_init()
 
     def _named_children(self):

@@ -37,7 +37,7 @@ from bart_core.generation import (
     resolve_generation_config,
     resolve_lengths,
 )
-from bart_core.inputs import check_unpadded_prompt
+from bart_core.inputs import check_unpadded_prompt, infer_attention_mask
 from bart_core.outputs import BaseModelOutput, GenerateOutput
 
 NEG_INF = float("-inf")
@@ -394,9 +394,9 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
                 attention_mask = attention_mask[None]
     check_inputs(config, causal, input_ids=input_ids, attention_mask=attention_mask, encoder_outputs=encoder_outputs)
     if attention_mask is None and input_ids is not None:
-        pad = gen.pad_token_id
-        if pad is not None and pad != gen.eos_token_id and bool((input_ids == pad).any()):
-            attention_mask = (input_ids != pad).long()
+        attention_mask = infer_attention_mask(input_ids, gen.pad_token_id, gen.eos_token_id)  # (B, S) or None
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # nothing padded: the encoder's unmasked path
     if gen.seed is not None and generator is None and gen.do_sample:
         generator = torch.Generator(device=device).manual_seed(gen.seed)
     expand = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences

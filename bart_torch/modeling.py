@@ -38,7 +38,13 @@ from torch.utils.checkpoint import checkpoint
 
 from bart_core.config import BartConfig
 from bart_core.generation import GENERATIVE_HEADS, default_generation_config
-from bart_core.inputs import VALUE_CHECKED, TensorInfo, check_model_inputs, check_token_ids
+from bart_core.inputs import (
+    VALUE_CHECKED,
+    TensorInfo,
+    check_model_inputs,
+    check_token_ids,
+    classification_problem_type,
+)
 from bart_core.names import POSITION_OFFSET
 from bart_core.outputs import (
     BaseModelOutput,
@@ -70,15 +76,16 @@ def make_padding_mask(attention_mask: Optional[torch.Tensor]) -> Optional[torch.
     return attention_mask.bool()[:, None, None, :]
 
 
-def make_causal_mask(tgt_len: int, src_len: int, past_length: int, device) -> torch.Tensor:
+def make_causal_mask(tgt_len: int, src_len: int, past_length: int = 0, device=None) -> torch.Tensor:
     """``(1, 1, tgt_len, src_len)`` bool: query ``i`` (absolute position ``past_length + i``) sees keys ``<= it``."""
     q = torch.arange(past_length, past_length + tgt_len, device=device)[:, None]
     k = torch.arange(src_len, device=device)[None, :]
     return (k <= q)[None, None]
 
 
-def attention_bias(mask: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
-    """Bool mask (True = attend) -> additive float bias: 0 where attended, ``finfo(dtype).min`` elsewhere."""
+def attention_bias(mask: Optional[torch.Tensor], dtype: torch.dtype = torch.float32) -> Optional[torch.Tensor]:
+    """Bool mask (True = attend) -> additive bias of ``dtype`` (the scores' dtype): 0 where attended,
+    ``finfo(dtype).min`` elsewhere (None stays None)."""
     if mask is None:
         return None
     zero = torch.zeros((), dtype=dtype, device=mask.device)
@@ -933,16 +940,6 @@ class BartClassificationHead(nn.Module):
         return linear(self.out_proj, self.dropout(x))
 
 
-def _problem_type(config: BartConfig, labels: torch.Tensor) -> str:
-    if config.problem_type is not None:
-        return config.problem_type
-    if config.num_labels == 1:
-        return "regression"
-    if labels.dtype in (torch.long, torch.int):
-        return "single_label_classification"
-    return "multi_label_classification"
-
-
 class BartForSequenceClassification(BartPreTrainedModel):
     head = "sequence_classification"
 
@@ -982,7 +979,8 @@ class BartForSequenceClassification(BartPreTrainedModel):
         logits = self.classification_head(pooled)  # (B, num_labels)
         loss = None
         if labels is not None:
-            kind = _problem_type(self.config, labels)
+            integer = not labels.is_floating_point() and labels.dtype != torch.bool
+            kind = classification_problem_type(self.config, integer)  # per call; the config is never written
             if kind == "regression":
                 loss = F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype)) \
                     if self.config.num_labels == 1 else F.mse_loss(logits, labels.to(logits.dtype))

@@ -14,12 +14,10 @@ over DST only when every file is written.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import struct
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -31,16 +29,16 @@ from bart_core.checkpoint import (
     TF_WEIGHTS_NAME,
     WEIGHT_FILES,
     CheckpointError,
-    _read_header,
     align_state_dict,
-    bf16_to_float32,
-    check_shard_name,
     find_weight_file,
     load_state_dict,
-    parse_size,
 )
 from bart_core.config import CONFIG_NAME, BartConfig
 from bart_core.fileio import folder_lock, recover_folder_swap, replace_folder, staging_folder
+from bart_core.formats import flax_msgpack, tf_h5
+from bart_core.formats import safetensors as st
+from bart_core.formats.safetensors import LazyTensor, bfloat16
+from bart_core.formats.torch_bin import stage_pytorch_bin
 from bart_core.generation import GENERATION_CONFIG_NAME, GENERATIVE_HEADS, GenerationConfig
 from bart_core.names import HEADS, param_table
 
@@ -64,17 +62,9 @@ class ConversionError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------- dtypes
-def _bf16_dtype() -> np.dtype | None:
-    try:
-        import ml_dtypes
-        return np.dtype(ml_dtypes.bfloat16)
-    except ImportError:
-        return None
-
-
 def target_dtype(name: str) -> np.dtype:
     if name == "bfloat16":
-        bf = _bf16_dtype()
+        bf = bfloat16()
         if bf is None:
             raise ConversionError("--dtype bfloat16 needs the ml_dtypes package (installed with jax or tensorflow)")
         return bf
@@ -97,75 +87,6 @@ def cast(arr: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- sources
-@dataclass
-class LazyTensor:
-    """A tensor not read yet: ``shape`` and ``dtype`` are known, ``load()`` reads it (a fresh array)."""
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    load: Callable[[], np.ndarray]
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-
-
-def _safetensors_lazy(path: str) -> dict[str, LazyTensor]:
-    """``{name: LazyTensor}`` for one safetensors file; each load is one ``pread`` into a fresh buffer."""
-    offset, header = _read_header(path)
-    st_to_np = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-                "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_, "BF16": np.uint16}
-    bf = _bf16_dtype()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        st = info.get("dtype")
-        if st not in st_to_np:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {st}")
-        shape = tuple(int(d) for d in info["shape"])
-        start, end = info["data_offsets"]
-        raw_dtype = np.dtype(st_to_np[st])
-        if (end - start) != int(np.prod(shape, dtype=np.int64)) * raw_dtype.itemsize:
-            raise CheckpointError(f"{path}: tensor {name!r} has {end - start} bytes, its shape {shape} needs "
-                                  f"{int(np.prod(shape)) * raw_dtype.itemsize}")
-
-        def load(start=offset + start, shape=shape, raw_dtype=raw_dtype, st=st, name=name) -> np.ndarray:
-            arr = np.empty(shape, raw_dtype)
-            view = memoryview(arr.reshape(-1)).cast("B") if arr.size else memoryview(b"")
-            with open(path, "rb") as f:
-                f.seek(start)
-                if f.readinto(view) != arr.nbytes:
-                    raise CheckpointError(f"{path}: truncated while reading tensor {name!r}")
-            if st == "BF16":
-                return arr.view(bf) if bf is not None else bf16_to_float32(arr)
-            return arr
-
-        dtype = (bf if bf is not None else np.dtype(np.float32)) if st == "BF16" else raw_dtype
-        out[name] = LazyTensor(shape, dtype, load)
-    return out
-
-
-def _sharded_lazy(index_path: str) -> dict[str, LazyTensor]:
-    try:
-        with open(index_path, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{index_path}: not a safetensors index ({e})") from None
-    folder = os.path.dirname(index_path)
-    out: dict[str, LazyTensor] = {}
-    for fname in sorted(set(weight_map.values())):
-        check_shard_name(index_path, fname)
-        shard = os.path.join(folder, fname)
-        if not os.path.isfile(shard):
-            raise CheckpointError(f"{index_path}: shard {fname} is missing")
-        out.update(_safetensors_lazy(shard))
-    missing = sorted(set(weight_map) - set(out))
-    if missing:
-        raise CheckpointError(f"{index_path}: tensors listed in the index are missing from the shards: "
-                              f"{missing[:5]}")
-    return out
-
-
 def _eager_lazy(state: Mapping[str, np.ndarray]) -> dict[str, LazyTensor]:
     return {k: LazyTensor(tuple(v.shape), np.asarray(v).dtype, (lambda v=v: np.asarray(v)))
             for k, v in state.items()}
@@ -192,162 +113,18 @@ def read_config(directory: str) -> BartConfig:
         raise ConversionError(msg if file in msg else f"{file}: {msg}") from None
 
 
-def _h5_lazy(path: str, config: BartConfig) -> dict[str, LazyTensor] | None:
-    """``{canonical name: LazyTensor}`` reading one HDF5 dataset per load, located through the declared
-    ``tf_h5.h5_table`` of every head; ``None`` when the file holds a weight that table does not name (the
-    eager reader of ``bart_core`` then handles the older spellings)."""
-    import h5py
-
-    from bart_core.formats import tf_h5
-
-    def key(layer: str, wname: str) -> tuple[str, str]:
-        first, _, rest = wname.partition("/")
-        return layer, rest if first.startswith("tf_bart") else wname
-
-    known: dict[tuple[str, str], tuple[str, bool]] = {}
-    for head in reversed(HEADS):  # the prefixed names of the task heads win over the base model's
-        for name, layer, wname, transpose in tf_h5.h5_table(config, head):
-            known[key(layer, wname)] = (name, transpose)
-    out: dict[str, LazyTensor] = {}
-    with h5py.File(path, "r") as f:
-        tf_h5.check_self_contained(f, path)
-        if "layer_names" not in f.attrs:
-            return None
-        for layer in [v.decode() if isinstance(v, bytes) else str(v) for v in f.attrs["layer_names"]]:
-            names = [v.decode() if isinstance(v, bytes) else str(v) for v in f[layer].attrs.get("weight_names", [])]
-            for wname in names:
-                hit = known.get(key(layer, wname))
-                if hit is None or wname not in f[layer]:
-                    return None
-                ds = f[layer][wname]
-                name, transpose = hit
-                shape = tuple(reversed(ds.shape)) if transpose else tuple(ds.shape)
-
-                def load(ds_path=f"{layer}/{wname}", transpose=transpose) -> np.ndarray:
-                    with h5py.File(path, "r") as g:
-                        arr = g[ds_path][()]
-                    return np.ascontiguousarray(arr.T) if transpose else arr
-
-                out[name] = LazyTensor(shape, np.dtype(ds.dtype), load)
-    return out
-
-
-def _msgpack_index(path: str) -> dict[tuple[str, ...], tuple[int, int, int]]:
-    """Tree path -> (ext code, payload offset, payload length) of every leaf of a msgpack file, found by
-    walking the headers and seeking over the payloads (no tensor data is read)."""
-    size = os.path.getsize(path)
-    out: dict[tuple[str, ...], tuple[int, int, int]] = {}
-    with open(path, "rb") as f:
-        def read(n: int) -> bytes:
-            b = f.read(n)
-            if len(b) != n:
-                raise CheckpointError(f"{path}: truncated msgpack data at byte {f.tell()}")
-            return b
-
-        def skip(n: int) -> None:
-            if f.tell() + n > size:
-                raise CheckpointError(f"{path}: truncated msgpack data (a value runs past the end of the file)")
-            f.seek(n, 1)
-
-        def uint(n: int) -> int:
-            return int.from_bytes(read(n), "big")
-
-        def value(prefix: tuple[str, ...]):
-            t = read(1)[0]
-            if t <= 0x7F or t >= 0xE0 or t in (0xC0, 0xC2, 0xC3):
-                return None
-            if 0x80 <= t <= 0x8F or t in (0xDE, 0xDF):
-                n = t & 0x0F if t <= 0x8F else uint(2 if t == 0xDE else 4)
-                for _ in range(n):
-                    k = value(prefix)
-                    if not isinstance(k, str):
-                        raise CheckpointError(f"{path}: non-string key under {'/'.join(prefix) or 'the root'}")
-                    value(prefix + (k,))
-                return None
-            if 0xA0 <= t <= 0xBF or t in (0xD9, 0xDA, 0xDB):
-                n = t & 0x1F if t <= 0xBF else uint({0xD9: 1, 0xDA: 2, 0xDB: 4}[t])
-                return read(n).decode("utf-8")
-            if 0x90 <= t <= 0x9F or t in (0xDC, 0xDD):
-                n = t & 0x0F if t <= 0x9F else uint(2 if t == 0xDC else 4)
-                for _ in range(n):
-                    value(prefix)
-                return None
-            if t in (0xC4, 0xC5, 0xC6):
-                skip(uint({0xC4: 1, 0xC5: 2, 0xC6: 4}[t]))
-                return None
-            fixed = {0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
-            if t in fixed:
-                skip(fixed[t])
-                return None
-            if 0xD4 <= t <= 0xD8 or t in (0xC7, 0xC8, 0xC9):
-                n = 1 << (t - 0xD4) if t >= 0xD4 else uint({0xC7: 1, 0xC8: 2, 0xC9: 4}[t])
-                code = int.from_bytes(read(1), "big", signed=True)
-                out[prefix] = (code, f.tell(), n)
-                skip(n)
-                return None
-            raise CheckpointError(f"{path}: not msgpack data (byte 0x{t:02x} at {f.tell() - 1})")
-
-        value(())
-        if f.tell() != size:
-            raise CheckpointError(f"{path}: {size - f.tell()} bytes of trailing data after the msgpack tree")
-    return out
-
-
-def _msgpack_lazy(path: str, config: BartConfig) -> dict[str, LazyTensor] | None:
-    """``{canonical name: LazyTensor}`` reading one msgpack leaf per load, located through the declared
-    ``flax_msgpack.flax_mapping`` of every head; ``None`` for anything else (chunked leaves, unknown paths)."""
-    import msgpack
-
-    from bart_core.formats import flax_msgpack as fm
-
-    known: dict[tuple[str, ...], tuple[str, bool]] = {}
-    for head in reversed(HEADS):
-        for name, fpath, transpose in fm.flax_mapping(config, head):
-            known[tuple(fpath)] = (name, transpose)
-    index = _msgpack_index(path)
-    if set(p[0] for p in index) == {"params"}:
-        index = {p[1:]: v for p, v in index.items()}
-    out: dict[str, LazyTensor] = {}
-    for fpath, (code, offset, n) in index.items():
-        hit = known.get(fpath)
-        if hit is None or code != fm.EXT_NDARRAY:
-            return None
-        with open(path, "rb") as f:  # the small head of the payload: shape and dtype
-            f.seek(offset)
-            unpacker = msgpack.Unpacker(f, raw=False)
-            if unpacker.read_array_header() != 3:
-                raise CheckpointError(f"{path}: leaf {'/'.join(fpath)} is not an ndarray")
-            shape, dtype_name = tuple(unpacker.unpack()), unpacker.unpack()
-        name, transpose = hit
-
-        def load(offset=offset, n=n, transpose=transpose, fpath=fpath) -> np.ndarray:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                shape, dtype_name, buf = msgpack.unpackb(f.read(n), raw=False)
-            dt = _bf16_dtype() if dtype_name == "bfloat16" else np.dtype(dtype_name)
-            if dt is None:  # bfloat16 without ml_dtypes: widen the raw bits exactly
-                arr = bf16_to_float32(np.frombuffer(buf, np.uint16).reshape(shape))
-            else:
-                arr = np.frombuffer(buf, dt).reshape(shape)
-            return np.ascontiguousarray(arr.T) if transpose else arr
-
-        dtype = (_bf16_dtype() or np.dtype(np.float32)) if dtype_name == "bfloat16" else np.dtype(dtype_name)
-        out[name] = LazyTensor(tuple(reversed(shape)) if transpose else shape, dtype, load)
-    return out
-
-
 def _open_weights(file: str, config: BartConfig) -> dict[str, LazyTensor]:
     base = os.path.basename(file)
     try:
         if base.endswith(".safetensors"):
-            return _safetensors_lazy(file)
+            return st.open_file(file)
         if base == SAFE_WEIGHTS_INDEX_NAME or base.endswith(".json"):
-            return _sharded_lazy(file)
+            return st.open_sharded(file)
         lazy = None
         if base.endswith(".h5"):
-            lazy = _h5_lazy(file, config)
+            lazy = tf_h5.open_file(file, config)
         elif base.endswith(".msgpack"):
-            lazy = _msgpack_lazy(file, config)
+            lazy = flax_msgpack.open_file(file, config)
         return lazy if lazy is not None else _eager_lazy(load_state_dict(file))
     except (CheckpointError, ConversionError) as e:
         raise ConversionError(str(e).splitlines()[0]) from None
@@ -461,81 +238,36 @@ class LazyTensors(Mapping):
 
 
 # ----------------------------------------------------------------------------------------- writers
-def _st_dtype(dtype: np.dtype) -> str:
-    table = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
-             "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
-    if dtype.name not in table:
-        raise ConversionError(f"dtype {dtype} cannot be stored in safetensors")
-    return table[dtype.name]
-
-
-def _write_safetensors_file(path: str, names: list[str], plan: Plan, tensors: Mapping[str, np.ndarray]) -> None:
-    """One safetensors file whose header is computed from shapes alone; data written tensor by tensor."""
-    header: dict = {"__metadata__": {"format": "pt"}}
-    pos = 0
-    for name in names:
-        t = plan.tensors[name]
-        out_dtype = plan.out_dtype(t)
-        n = plan.out_nbytes(t)
-        header[name] = {"dtype": _st_dtype(out_dtype), "shape": list(t.shape), "data_offsets": [pos, pos + n]}
-        pos += n
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for name in names:
-            arr = np.ascontiguousarray(tensors[name])
-            if arr.nbytes != header[name]["data_offsets"][1] - header[name]["data_offsets"][0]:
-                raise ConversionError(f"{name}: {arr.nbytes} bytes, header planned "
-                                      f"{header[name]['data_offsets'][1] - header[name]['data_offsets'][0]}")
-            if arr.size:
-                f.write(memoryview(arr.reshape(-1).view(np.uint8)))
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def write_safetensors_streaming(plan: Plan, tensors: Mapping[str, np.ndarray], directory: str,
                                 max_shard_size: int | str | None = None) -> list[str]:
-    """``model.safetensors`` or shards ``model-0000i-of-0000n.safetensors`` plus the index (the layout of
-    ``bart_core.checkpoint.write_safetensors``), one tensor in memory at a time."""
-    limit = parse_size(max_shard_size)
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name, t in plan.tensors.items():
-        n = plan.out_nbytes(t)
-        if limit is not None and shards[-1] and size + n > limit:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += n
-    if len(shards) == 1:
-        path = os.path.join(directory, SAFE_WEIGHTS_NAME)
-        _write_safetensors_file(path, shards[0], plan, tensors)
-        return [path]
-    paths, weight_map = [], {}
-    for i, names in enumerate(shards):
-        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        _write_safetensors_file(os.path.join(directory, fname), names, plan, tensors)
-        paths.append(os.path.join(directory, fname))
-        weight_map.update({n: fname for n in names})
-    index = {"metadata": {"total_size": plan.nbytes}, "weight_map": weight_map}
-    with open(os.path.join(directory, SAFE_WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
-        f.write(json.dumps(index, indent=2) + "\n")
-    return paths + [os.path.join(directory, SAFE_WEIGHTS_INDEX_NAME)]
+    """``model.safetensors`` or its shards plus the index in ``directory`` through ``bart_core.formats.safetensors``
+    (header from the plan's shapes and dtypes, one tensor in memory at a time)."""
+    specs = {name: (t.shape, plan.out_dtype(t)) for name, t in plan.tensors.items()}
+    return [os.path.join(directory, n) for n in st.stage(_Direct(directory), tensors, specs, max_shard_size)]
+
+
+class _Direct:
+    """A ``FileSet`` that writes straight into a folder (conversion stages the whole folder instead)."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def write_text(self, name: str, text: str) -> None:
+        with open(self.path(name), "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def write_flax_msgpack_streaming(plan: Plan, tensors: Mapping[str, np.ndarray], path: str) -> None:
+    """``flax_model.msgpack`` through ``bart_core.formats.flax_msgpack.stage_flax_msgpack``, leaf by leaf."""
+    flax_msgpack.stage_flax_msgpack(path, tensors, plan.config, plan.head)
 
 
 def write_pytorch_bin(tensors: Mapping[str, np.ndarray], path: str) -> None:
-    """``pytorch_model.bin`` through ``torch.save`` (needs every tensor at once: the format is one pickle)."""
-    try:
-        import torch
-    except ImportError:
-        raise ConversionError("--torch-bin needs torch installed") from None
-    state = {}
-    for name in tensors:
-        arr = tensors[name]
-        state[name] = (torch.from_numpy(arr.astype(np.float32)).to(torch.bfloat16) if arr.dtype.name == "bfloat16"
-                       else torch.from_numpy(np.ascontiguousarray(arr)))
-    torch.save(state, path)
+    """``pytorch_model.bin`` (the whole dict at once: the format is one pickle)."""
+    stage_pytorch_bin(path, tensors)
 
 
 def write_tf_h5_streaming(plan: Plan, tensors: Mapping[str, np.ndarray], path: str) -> None:
@@ -543,88 +275,7 @@ def write_tf_h5_streaming(plan: Plan, tensors: Mapping[str, np.ndarray], path: s
     if plan.dtype is not None and plan.dtype.name == "bfloat16":
         raise ConversionError("--dtype bfloat16 cannot be written to tf_model.h5 (HDF5 has no bfloat16 type); "
                               "use float16 or float32")
-    from bart_core.formats.tf_h5 import stage_tf_h5
-    stage_tf_h5(path, tensors, plan.config, plan.head)
-
-
-def _msgpack_ext_header(n: int, code: int) -> bytes:
-    fixext = {1: 0xD4, 2: 0xD5, 4: 0xD6, 8: 0xD7, 16: 0xD8}
-    if n in fixext:
-        return struct.pack(">Bb", fixext[n], code)
-    if n < 2 ** 8:
-        return struct.pack(">BBb", 0xC7, n, code)
-    if n < 2 ** 16:
-        return struct.pack(">BHb", 0xC8, n, code)
-    return struct.pack(">BIb", 0xC9, n, code)
-
-
-def _msgpack_bin_header(n: int) -> bytes:
-    if n < 2 ** 8:
-        return struct.pack(">BB", 0xC4, n)
-    if n < 2 ** 16:
-        return struct.pack(">BH", 0xC5, n)
-    return struct.pack(">BI", 0xC6, n)
-
-
-def _write_msgpack_array(f, packer, arr: np.ndarray, code: int) -> None:
-    """One flax ndarray leaf: ext ``code`` holding ``msgpack((shape, dtype name, bytes))``, streamed."""
-    arr = np.ascontiguousarray(arr)
-    inner = packer.pack_array_header(3) + packer.pack(list(arr.shape)) + packer.pack(arr.dtype.name)
-    inner += _msgpack_bin_header(arr.nbytes)
-    f.write(_msgpack_ext_header(len(inner) + arr.nbytes, code))
-    f.write(inner)
-    if arr.size:
-        f.write(memoryview(arr.reshape(-1).view(np.uint8)))
-
-
-def write_flax_msgpack_streaming(plan: Plan, tensors: Mapping[str, np.ndarray], path: str) -> None:
-    """``flax_model.msgpack`` in the layout of ``bart_core.formats.flax_msgpack`` (its ``flax_mapping`` is the
-    mapping), written leaf by leaf: msgpack map headers only need the number of keys, known from the name
-    table, so the serialised buffer never exists as a whole. Keys are sorted as flax's serialiser sorts them."""
-    import msgpack
-
-    from bart_core.formats import flax_msgpack as fm
-
-    tree: dict = {}
-    for name, fpath, transpose in fm.flax_mapping(plan.config, plan.head):
-        node = tree
-        for k in fpath[:-1]:
-            node = node.setdefault(k, {})
-        node[fpath[-1]] = (name, transpose)
-    packer = msgpack.Packer(use_bin_type=True)
-
-    def leaf(f, name: str, transpose: bool) -> None:
-        arr = tensors[name]
-        if arr.dtype.name not in ("float32", "float16", "bfloat16"):
-            arr = arr.astype(np.float32)
-        if transpose:
-            arr = np.ascontiguousarray(arr.T)
-        if arr.nbytes <= fm.MAX_CHUNK_BYTES:
-            _write_msgpack_array(f, packer, arr, fm.EXT_NDARRAY)
-            return
-        per = max(1, fm.MAX_CHUNK_BYTES // arr.dtype.itemsize)
-        flat = arr.reshape(-1)
-        starts = list(range(0, flat.size, per))
-        f.write(packer.pack_map_header(3) + packer.pack(fm.CHUNK_KEY) + packer.pack(True))
-        f.write(packer.pack("shape") + packer.pack({str(i): int(d) for i, d in enumerate(arr.shape)}))
-        f.write(packer.pack("chunks") + packer.pack_map_header(len(starts)))
-        for i, s in enumerate(starts):
-            f.write(packer.pack(str(i)))
-            _write_msgpack_array(f, packer, flat[s:s + per], fm.EXT_NDARRAY)
-
-    def node(f, d: dict) -> None:
-        f.write(packer.pack_map_header(len(d)))
-        for k in sorted(d):
-            f.write(packer.pack(k))
-            if isinstance(d[k], dict):
-                node(f, d[k])
-            else:
-                leaf(f, *d[k])
-
-    with open(path, "wb") as f:
-        node(f, tree)
-        f.flush()
-        os.fsync(f.fileno())
+    tf_h5.stage_tf_h5(path, tensors, plan.config, plan.head)
 
 
 # ----------------------------------------------------------------------------------------- output folder

@@ -10,10 +10,19 @@ of the whole global batch: the same number as on one device. On a CPU host, ``ru
 Batches are padded to fixed shapes (``seq_len`` / ``target_len``) so one compiled step serves the whole run.
 Gradient accumulation uses ``optax.MultiSteps``: micro-batch gradients are averaged with equal weights (the
 torch and tf recipes weight them by label tokens); the logged loss is the token mean over the step.
+
+Checkpoints: ``model.safetensors`` (the model, loadable by every backend) and ``train_state/``, an Orbax
+checkpoint (``orbax-checkpoint``, ``StandardCheckpointHandler``) of the whole ``TrainState`` as a dict: ``params``,
+``opt_state``, ``rng`` (the dropout key) and ``step``. Resuming reads ``train_state/`` only, restoring every array
+with the sharding it has in the running trainer, so a resumed run repeats the uninterrupted one exactly. Orbax's
+synchronous checkpointer writes into the staging folder of ``recipes.common.CheckpointManager`` and returns once
+the tree is complete; its files are then fsynced, and the staging folder is published by one rename as for every
+recipe. Restore it outside the recipe with ``ocp.StandardCheckpointer().restore(folder / "train_state")``.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 from typing import Any, Sequence
 
@@ -21,10 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bart_core.checkpoint import CheckpointError, load_state_dict
+from bart_core.checkpoint import CheckpointError
+from bart_core.fileio import fsync_dir
 from bart_flax import BartForConditionalGeneration
 from bart_flax.sharding import make_mesh, param_shardings, shard_batch
 from bart_flax.training import TrainState, make_eval_step, make_train_step
@@ -41,13 +52,12 @@ from recipes.common import (
     model_config,
     pretraining_data,
     read_file,
-    read_npz,
     starting_state,
     train_loop,
-    write_npz,
 )
 
 _INPUTS = ("input_ids", "attention_mask", "decoder_input_ids", "labels")
+TRAIN_STATE_DIR = "train_state"  # the Orbax checkpoint of the TrainState, inside a recipe checkpoint
 
 
 def build_model(run: RunConfig) -> BartForConditionalGeneration:
@@ -131,32 +141,44 @@ class FlaxTrainer(Trainer):
         self.model.save_pretrained(folder, safe_serialization=True)  # model.safetensors in every recipe
 
     def save(self, folder: pathlib.Path) -> None:
-        """Weights (safetensors), optimizer state leaves in tree order, the dropout key and the step."""
+        """``model.safetensors`` and the Orbax ``train_state/`` (see the module docstring)."""
         self.save_model(folder)
-        leaves = jax.tree_util.tree_leaves(jax.device_get(self.state.opt_state))
-        write_npz(folder / "optax_state.npz", {f"{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
-        write_npz(folder / "train_rng.npz", {"rng": np.asarray(jax.device_get(self.state.rng)),
-                                             "step": np.asarray(jax.device_get(self.state.step))})
+        path = (folder / TRAIN_STATE_DIR).absolute()
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:  # synchronous: complete on return
+            checkpointer.save(path, args=ocp.args.StandardSave(self.state._asdict()))
+        _fsync_tree(path)
 
     def load(self, folder: pathlib.Path) -> None:
-        """All files are read and checked before the state is replaced."""
-        weights = read_file(folder, lambda f: load_state_dict(str(f)))
-        saved = read_npz(folder / "optax_state.npz")
-        rng = read_npz(folder / "train_rng.npz")
-        if not {"rng", "step"} <= set(rng):
-            raise CheckpointError(f"{folder / 'train_rng.npz'}: needs 'rng' and 'step', has {sorted(rng)}")
-        read_file(folder, lambda f: self.model.load_numpy_state_dict(weights))
-        params = jax.device_put(self.model.params, param_shardings(self.model.params, self.mesh))
-        fresh = self.tx.init(params)
-        leaves, treedef = jax.tree_util.tree_flatten(fresh)
-        if len(saved) != len(leaves) or any(np.shape(saved[k]) != leaf.shape
-                                             for k, leaf in zip(sorted(saved), leaves)):
-            raise CheckpointError(f"{folder / 'optax_state.npz'}: {len(saved)} leaves do not fit the optimizer's "
-                                  f"{len(leaves)}")
-        restored = [jax.device_put(jnp.asarray(saved[k], dtype=leaf.dtype), leaf.sharding)
-                    for k, leaf in zip(sorted(saved), leaves)]
-        self.state = self._on_mesh(TrainState(params, jax.tree_util.tree_unflatten(treedef, restored),
-                                              jnp.asarray(rng["rng"]), jnp.asarray(rng["step"])))
+        """Restore ``train_state/`` onto the trainer's shapes, dtypes and shardings; nothing is replaced unless
+        the whole tree is read and fits (else a ``CheckpointError`` naming the folder)."""
+        path = (folder / TRAIN_STATE_DIR).absolute()
+        template = self.state._asdict()
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+
+        def restore(p):
+            with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+                return checkpointer.restore(p, args=ocp.args.StandardRestore(abstract))
+        restored = read_file(path, restore)
+        want, got = jax.tree_util.tree_structure(template), jax.tree_util.tree_structure(restored)
+        if want != got:
+            raise CheckpointError(f"{path}: its tree does not fit the trainer's ({got} vs {want})")
+        for (key, x), y in zip(jax.tree_util.tree_leaves_with_path(restored), jax.tree_util.tree_leaves(template)):
+            if x.shape != y.shape or x.dtype != y.dtype:
+                raise CheckpointError(f"{path}: {jax.tree_util.keystr(key)} is {x.dtype}{list(x.shape)}, the "
+                                      f"trainer's {y.dtype}{list(y.shape)}")
+        self.state = self._on_mesh(TrainState(**restored))
+
+
+def _fsync_tree(folder: pathlib.Path) -> None:
+    """Flush every file and folder Orbax wrote (the staging folder's own rename flushes only its top level)."""
+    for root, _, names in os.walk(folder, topdown=False):
+        for name in names:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(root)
 
 
 def train(run: RunConfig) -> dict[str, Any]:

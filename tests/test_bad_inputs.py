@@ -156,9 +156,10 @@ def _run(backend, model, mode: str, call: str, inputs: dict):
         return backend.generate(model, max_new_tokens=2, **inputs)
     if backend.name == "tf":
         import tensorflow as tf
-        if call == "generate":  # the XLA mode of generate: the whole decoding loop as one XLA program
-            return np.asarray(model.generate(**inputs, max_new_tokens=2, jit_compile=True))
-        fn = tf.function(lambda kw: model(**kw).logits, jit_compile=True)
+        if call == "forward":
+            fn = tf.function(lambda kw: model(**kw).logits, jit_compile=True)
+        else:  # generate traced into the caller's XLA function: the checks see symbolic tensors
+            fn = tf.function(lambda kw: model.generate(**kw, max_new_tokens=2), jit_compile=True)
         return np.asarray(fn({k: tf.convert_to_tensor(v) for k, v in inputs.items()}))
     import jax
     if call == "forward":

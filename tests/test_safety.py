@@ -29,7 +29,6 @@ SAVE_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     backend, folder, seed, point, extra = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5])
     from bart_core import BartConfig, fileio
-    import bart_core.checkpoint as ck
     config = BartConfig(**json.loads(os.environ["SAFETY_CONFIG"]))
     if backend == "torch":
         import torch, bart_torch
@@ -54,7 +53,8 @@ SAVE_SCRIPT = textwrap.dedent("""
                 f.flush()
                 os.fsync(f.fileno())
             die()
-        ck._write_one = partial
+        import bart_core.formats.safetensors as stf
+        stf.write_file = partial
         import bart_core.formats.tf_h5 as h5, bart_core.formats.flax_msgpack as fm
         h5.stage_tf_h5 = lambda path, *a: partial(path)
         fm.stage_flax_msgpack = lambda path, *a: partial(path)
@@ -213,7 +213,7 @@ def test_full_disk_during_save_keeps_the_old_model(small_disk, tmp_path, backend
 
 
 def test_enospc_from_the_writer_keeps_the_old_files(tmp_path, monkeypatch):
-    import bart_core.checkpoint as ck
+    import bart_core.formats.safetensors as stf
     state = {"a": np.arange(6, dtype=np.float32), "b": np.ones((2, 3), np.float32)}
     write_safetensors(state, str(tmp_path))
     before = (tmp_path / "model.safetensors").read_bytes()
@@ -223,7 +223,7 @@ def test_enospc_from_the_writer_keeps_the_old_files(tmp_path, monkeypatch):
             f.write(b"x")
         raise OSError(28, "No space left on device", path)
 
-    monkeypatch.setattr(ck, "_write_one", full)
+    monkeypatch.setattr(stf, "write_file", full)
     with pytest.raises(OSError, match="No space left"):
         write_safetensors({"a": np.zeros(6, np.float32)}, str(tmp_path))
     assert os.listdir(tmp_path) == ["model.safetensors"]

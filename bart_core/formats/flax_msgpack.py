@@ -23,12 +23,15 @@ Tied aliases (``param_table(...).tied_to``) are not stored, as in the reference.
 from __future__ import annotations
 
 import os
+import struct
 from typing import Any, Mapping
 
 import numpy as np
 
 from bart_core.config import BartConfig
+from bart_core.errors import CheckpointError
 from bart_core.fileio import atomic_path
+from bart_core.formats.safetensors import LazyTensor, bf16_to_float32, bfloat16
 from bart_core.names import param_table
 
 EXT_NDARRAY = 1
@@ -86,7 +89,7 @@ def _array_from_ext(data: bytes) -> np.ndarray:
     shape, dtype_name, buf = msgpack.unpackb(data, raw=True)
     arr = np.frombuffer(buf, dtype=_dtype(dtype_name)).reshape(shape)
     if (dtype_name.decode() if isinstance(dtype_name, bytes) else dtype_name) == "bfloat16":
-        from bart_core.checkpoint import bf16_to_float32
+        from bart_core.formats.safetensors import bf16_to_float32
         arr = bf16_to_float32(arr)
     return arr
 
@@ -124,7 +127,6 @@ def _flatten(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], n
 
 def read_flax_msgpack(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """``{canonical name: array}`` from a reference ``flax_model.msgpack`` (any head)."""
-    from bart_core.checkpoint import CheckpointError
     msgpack = _msgpack()
     path = os.fspath(path)
     with open(path, "rb") as f:
@@ -156,34 +158,8 @@ def read_flax_msgpack(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------- encoding
-def _ext_default(obj: Any) -> Any:
-    msgpack = _msgpack()
-    if isinstance(obj, np.ndarray):
-        return msgpack.ExtType(EXT_NDARRAY, _array_bytes(obj))
-    if isinstance(obj, np.generic):
-        return msgpack.ExtType(EXT_NPSCALAR, _array_bytes(np.asarray(obj)))
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
-
-
-def _array_bytes(arr: np.ndarray) -> bytes:
-    msgpack = _msgpack()
-    return msgpack.packb((list(arr.shape), arr.dtype.name, np.ascontiguousarray(arr).tobytes("C")),
-                         use_bin_type=True)
-
-
-def _chunked(arr: np.ndarray) -> Any:
-    if arr.nbytes <= MAX_CHUNK_BYTES:
-        return arr
-    n = max(1, MAX_CHUNK_BYTES // arr.dtype.itemsize)
-    flat = arr.reshape(-1)
-    chunks = [flat[i:i + n] for i in range(0, flat.size, n)]
-    return {CHUNK_KEY: True, "shape": {str(i): int(d) for i, d in enumerate(arr.shape)},
-            "chunks": {str(i): c for i, c in enumerate(chunks)}}
-
-
 def to_flax_tree(tensors: Mapping[str, np.ndarray], config: BartConfig, head: str) -> dict:
     """The nested parameter tree of the reference Flax class for ``head``."""
-    from bart_core.checkpoint import CheckpointError
     tree: dict = {}
     for name, path, transpose in flax_mapping(config, head):
         if name not in tensors:
@@ -199,6 +175,110 @@ def to_flax_tree(tensors: Mapping[str, np.ndarray], config: BartConfig, head: st
     return tree
 
 
+def _leaf_index(path: str) -> dict[tuple[str, ...], tuple[int, int, int]]:
+    """Tree path -> (ext code, payload offset, payload length) of every leaf of a msgpack file, found by
+    walking the headers and seeking over the payloads (no tensor data is read)."""
+    size = os.path.getsize(path)
+    out: dict[tuple[str, ...], tuple[int, int, int]] = {}
+    with open(path, "rb") as f:
+        def read(n: int) -> bytes:
+            b = f.read(n)
+            if len(b) != n:
+                raise CheckpointError(f"{path}: truncated msgpack data at byte {f.tell()}")
+            return b
+
+        def skip(n: int) -> None:
+            if f.tell() + n > size:
+                raise CheckpointError(f"{path}: truncated msgpack data (a value runs past the end of the file)")
+            f.seek(n, 1)
+
+        def uint(n: int) -> int:
+            return int.from_bytes(read(n), "big")
+
+        def value(prefix: tuple[str, ...]):
+            t = read(1)[0]
+            if t <= 0x7F or t >= 0xE0 or t in (0xC0, 0xC2, 0xC3):
+                return None
+            if 0x80 <= t <= 0x8F or t in (0xDE, 0xDF):
+                n = t & 0x0F if t <= 0x8F else uint(2 if t == 0xDE else 4)
+                for _ in range(n):
+                    k = value(prefix)
+                    if not isinstance(k, str):
+                        raise CheckpointError(f"{path}: non-string key under {'/'.join(prefix) or 'the root'}")
+                    value(prefix + (k,))
+                return None
+            if 0xA0 <= t <= 0xBF or t in (0xD9, 0xDA, 0xDB):
+                n = t & 0x1F if t <= 0xBF else uint({0xD9: 1, 0xDA: 2, 0xDB: 4}[t])
+                return read(n).decode("utf-8")
+            if 0x90 <= t <= 0x9F or t in (0xDC, 0xDD):
+                n = t & 0x0F if t <= 0x9F else uint(2 if t == 0xDC else 4)
+                for _ in range(n):
+                    value(prefix)
+                return None
+            if t in (0xC4, 0xC5, 0xC6):
+                skip(uint({0xC4: 1, 0xC5: 2, 0xC6: 4}[t]))
+                return None
+            fixed = {0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+            if t in fixed:
+                skip(fixed[t])
+                return None
+            if 0xD4 <= t <= 0xD8 or t in (0xC7, 0xC8, 0xC9):
+                n = 1 << (t - 0xD4) if t >= 0xD4 else uint({0xC7: 1, 0xC8: 2, 0xC9: 4}[t])
+                code = int.from_bytes(read(1), "big", signed=True)
+                out[prefix] = (code, f.tell(), n)
+                skip(n)
+                return None
+            raise CheckpointError(f"{path}: not msgpack data (byte 0x{t:02x} at {f.tell() - 1})")
+
+        value(())
+        if f.tell() != size:
+            raise CheckpointError(f"{path}: {size - f.tell()} bytes of trailing data after the msgpack tree")
+    return out
+
+
+def open_file(path: str, config: BartConfig) -> dict[str, LazyTensor] | None:
+    """``{canonical name: LazyTensor}`` reading one msgpack leaf per load, located through the declared
+    ``flax_msgpack.flax_mapping`` of every head; ``None`` for anything else (chunked leaves, unknown paths)."""
+    import msgpack
+
+    from bart_core.names import HEADS
+
+    known: dict[tuple[str, ...], tuple[str, bool]] = {}
+    for head in reversed(HEADS):
+        for name, fpath, transpose in flax_mapping(config, head):
+            known[tuple(fpath)] = (name, transpose)
+    index = _leaf_index(path)
+    if set(p[0] for p in index) == {"params"}:
+        index = {p[1:]: v for p, v in index.items()}
+    out: dict[str, LazyTensor] = {}
+    for fpath, (code, offset, n) in index.items():
+        hit = known.get(fpath)
+        if hit is None or code != EXT_NDARRAY:
+            return None
+        with open(path, "rb") as f:  # the small head of the payload: shape and dtype
+            f.seek(offset)
+            unpacker = msgpack.Unpacker(f, raw=False)
+            if unpacker.read_array_header() != 3:
+                raise CheckpointError(f"{path}: leaf {'/'.join(fpath)} is not an ndarray")
+            shape, dtype_name = tuple(unpacker.unpack()), unpacker.unpack()
+        name, transpose = hit
+
+        def load(offset=offset, n=n, transpose=transpose, fpath=fpath) -> np.ndarray:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                shape, dtype_name, buf = msgpack.unpackb(f.read(n), raw=False)
+            dt = bfloat16() if dtype_name == "bfloat16" else np.dtype(dtype_name)
+            if dt is None:  # bfloat16 without ml_dtypes: widen the raw bits exactly
+                arr = bf16_to_float32(np.frombuffer(buf, np.uint16).reshape(shape))
+            else:
+                arr = np.frombuffer(buf, dt).reshape(shape)
+            return np.ascontiguousarray(arr.T) if transpose else arr
+
+        dtype = (bfloat16() or np.dtype(np.float32)) if dtype_name == "bfloat16" else np.dtype(dtype_name)
+        out[name] = LazyTensor(tuple(reversed(shape)) if transpose else shape, dtype, load)
+    return out
+
+
 def write_flax_msgpack(tensors: Mapping[str, np.ndarray], config: BartConfig, head: str,
                        path: str | os.PathLike) -> str:
     """Write ``tensors`` (canonical names) as the ``flax_model.msgpack`` of the reference Flax class for
@@ -209,16 +289,80 @@ def write_flax_msgpack(tensors: Mapping[str, np.ndarray], config: BartConfig, he
     return path
 
 
+def _msgpack_ext_header(n: int, code: int) -> bytes:
+    fixext = {1: 0xD4, 2: 0xD5, 4: 0xD6, 8: 0xD7, 16: 0xD8}
+    if n in fixext:
+        return struct.pack(">Bb", fixext[n], code)
+    if n < 2 ** 8:
+        return struct.pack(">BBb", 0xC7, n, code)
+    if n < 2 ** 16:
+        return struct.pack(">BHb", 0xC8, n, code)
+    return struct.pack(">BIb", 0xC9, n, code)
+
+
+def _msgpack_bin_header(n: int) -> bytes:
+    if n < 2 ** 8:
+        return struct.pack(">BB", 0xC4, n)
+    if n < 2 ** 16:
+        return struct.pack(">BH", 0xC5, n)
+    return struct.pack(">BI", 0xC6, n)
+
+
+def _write_msgpack_array(f, packer, arr: np.ndarray, code: int) -> None:
+    """One flax ndarray leaf: ext ``code`` holding ``msgpack((shape, dtype name, bytes))``, streamed."""
+    arr = np.ascontiguousarray(arr)
+    inner = packer.pack_array_header(3) + packer.pack(list(arr.shape)) + packer.pack(arr.dtype.name)
+    inner += _msgpack_bin_header(arr.nbytes)
+    f.write(_msgpack_ext_header(len(inner) + arr.nbytes, code))
+    f.write(inner)
+    if arr.size:
+        f.write(memoryview(arr.reshape(-1).view(np.uint8)))
+
+
 def stage_flax_msgpack(path: str, tensors: Mapping[str, np.ndarray], config: BartConfig, head: str) -> None:
-    """Write the ``flax_model.msgpack`` layout at ``path`` directly (a staged temporary path)."""
+    """Write the ``flax_model.msgpack`` of the reference Flax class for ``head`` at ``path`` (a staged temporary
+    path), leaf by leaf: msgpack map headers only need the number of keys, known from the name table, so the
+    serialised buffer never exists as a whole and ``tensors`` may be read on access. Keys are sorted as flax's
+    serialiser sorts them; float16 and bfloat16 stay, other dtypes are written as float32."""
     msgpack = _msgpack()
-    tree = to_flax_tree(tensors, config, head)
 
-    def chunk_all(node: dict) -> dict:
-        return {k: chunk_all(v) if isinstance(v, dict) else _chunked(v) for k, v in node.items()}
+    tree: dict = {}
+    for name, fpath, transpose in flax_mapping(config, head):
+        node = tree
+        for k in fpath[:-1]:
+            node = node.setdefault(k, {})
+        node[fpath[-1]] = (name, transpose)
+    packer = msgpack.Packer(use_bin_type=True)
 
-    data = msgpack.packb(chunk_all(tree), default=_ext_default, strict_types=True, use_bin_type=True)
+    def leaf(f, name: str, transpose: bool) -> None:
+        arr = tensors[name]
+        if arr.dtype.name not in ("float32", "float16", "bfloat16"):
+            arr = arr.astype(np.float32)
+        if transpose:
+            arr = np.ascontiguousarray(arr.T)
+        if arr.nbytes <= MAX_CHUNK_BYTES:
+            _write_msgpack_array(f, packer, arr, EXT_NDARRAY)
+            return
+        per = max(1, MAX_CHUNK_BYTES // arr.dtype.itemsize)
+        flat = arr.reshape(-1)
+        starts = list(range(0, flat.size, per))
+        f.write(packer.pack_map_header(3) + packer.pack(CHUNK_KEY) + packer.pack(True))
+        f.write(packer.pack("shape") + packer.pack({str(i): int(d) for i, d in enumerate(arr.shape)}))
+        f.write(packer.pack("chunks") + packer.pack_map_header(len(starts)))
+        for i, s in enumerate(starts):
+            f.write(packer.pack(str(i)))
+            _write_msgpack_array(f, packer, flat[s:s + per], EXT_NDARRAY)
+
+    def node(f, d: dict) -> None:
+        f.write(packer.pack_map_header(len(d)))
+        for k in sorted(d):
+            f.write(packer.pack(k))
+            if isinstance(d[k], dict):
+                node(f, d[k])
+            else:
+                leaf(f, *d[k])
+
     with open(path, "wb") as f:
-        f.write(data)
+        node(f, tree)
         f.flush()
         os.fsync(f.fileno())

@@ -26,7 +26,9 @@ from typing import Mapping
 import numpy as np
 
 from bart_core.config import BartConfig
+from bart_core.errors import CheckpointError
 from bart_core.fileio import atomic_path
+from bart_core.formats.safetensors import LazyTensor
 from bart_core.names import BASE_PREFIX, param_table
 
 KERAS_VERSION = "2.21.0"
@@ -98,8 +100,6 @@ def check_self_contained(f, path: str) -> None:
     storage, virtual datasets (each could read a file outside the checkpoint folder)."""
     import h5py
 
-    from bart_core.checkpoint import CheckpointError
-
     def link(name, lnk):
         if isinstance(lnk, (h5py.ExternalLink, h5py.SoftLink)):
             raise CheckpointError(f"{path}: {name} is a {type(lnk).__name__}; weight files must hold their data "
@@ -118,7 +118,6 @@ def read_tf_h5(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Any failure of the HDF5 library on the file (it raises RuntimeError, OSError, SystemError, ... on corrupt
     structures) is a ``CheckpointError`` naming the file."""
-    from bart_core.checkpoint import CheckpointError
 
     path = os.fspath(path)
     try:
@@ -132,8 +131,6 @@ def read_tf_h5(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def _read_tf_h5(path: str) -> dict[str, np.ndarray]:
     import h5py
-
-    from bart_core.checkpoint import CheckpointError
 
     try:
         f = h5py.File(path, "r")
@@ -165,6 +162,46 @@ def _read_tf_h5(path: str) -> dict[str, np.ndarray]:
     return out
 
 
+def open_file(path: str, config: BartConfig) -> dict[str, LazyTensor] | None:
+    """``{canonical name: LazyTensor}`` reading one HDF5 dataset per load, located through the declared
+    ``h5_table`` of every head; ``None`` when the file holds a weight that table does not name (the
+    eager reader of ``bart_core`` then handles the older spellings)."""
+    import h5py
+
+    from bart_core.names import HEADS
+
+    def key(layer: str, wname: str) -> tuple[str, str]:
+        first, _, rest = wname.partition("/")
+        return layer, rest if first.startswith("tf_bart") else wname
+
+    known: dict[tuple[str, str], tuple[str, bool]] = {}
+    for head in reversed(HEADS):  # the prefixed names of the task heads win over the base model's
+        for name, layer, wname, transpose in h5_table(config, head):
+            known[key(layer, wname)] = (name, transpose)
+    out: dict[str, LazyTensor] = {}
+    with h5py.File(path, "r") as f:
+        check_self_contained(f, path)
+        if "layer_names" not in f.attrs:
+            return None
+        for layer in [v.decode() if isinstance(v, bytes) else str(v) for v in f.attrs["layer_names"]]:
+            names = [v.decode() if isinstance(v, bytes) else str(v) for v in f[layer].attrs.get("weight_names", [])]
+            for wname in names:
+                hit = known.get(key(layer, wname))
+                if hit is None or wname not in f[layer]:
+                    return None
+                ds = f[layer][wname]
+                name, transpose = hit
+                shape = tuple(reversed(ds.shape)) if transpose else tuple(ds.shape)
+
+                def load(ds_path=f"{layer}/{wname}", transpose=transpose) -> np.ndarray:
+                    with h5py.File(path, "r") as g:
+                        arr = g[ds_path][()]
+                    return np.ascontiguousarray(arr.T) if transpose else arr
+
+                out[name] = LazyTensor(shape, np.dtype(ds.dtype), load)
+    return out
+
+
 def write_tf_h5(tensors: dict[str, np.ndarray], config: BartConfig, head: str, path: str | os.PathLike) -> str:
     """Write ``tensors`` (canonical stored names, PyTorch layout) as the reference ``tf_model.h5``; atomic."""
     path = os.fspath(path)
@@ -181,8 +218,6 @@ def stage_tf_h5(path: str, tensors: Mapping[str, np.ndarray], config: BartConfig
     file object, so a full disk is an ``OSError`` (HDF5 writing to the path itself crashed the process on ENOSPC).
     """
     import h5py
-
-    from bart_core.checkpoint import CheckpointError
 
     groups: dict[str, list[tuple[str, str, bool]]] = {}
     for name, layer, wname, transpose in h5_table(config, head):

@@ -13,6 +13,12 @@ Adapter interface (inputs and outputs are numpy; the adapter converts to and fro
     generate(model, input_ids, attention_mask=None, **options) -> np.ndarray or dict with
                                                          # "sequences" (and "scores") when return_dict_in_generate
     save_pretrained(model, path, **kw)
+    cached_pass(model, head, inputs, split) -> np.ndarray     # main output (last_hidden_state for "base", else
+                                                         # logits) of the decoder sequence fed in two chunks,
+                                                         # [0, split) then the rest, through the KV cache
+    padding_mask(attention_mask) / causal_mask(tgt_len, src_len, past_length) / attention_bias(mask, dtype)
+                                                         # the backend's mask helpers on numpy (dtype: a name,
+                                                         # "float32" / "float16"); contract in bart_core.inputs
     state_dict(model) -> dict[str, np.ndarray]           # canonical stored names
 """
 

@@ -48,6 +48,29 @@ class Backend:
             result["sequences_scores"] = np.asarray(out.sequences_scores)
         return result
 
+    def cached_pass(self, model, head, inputs, split):
+        """See tests/backends/torch.py."""
+        key = "last_hidden_state" if head == "base" else "logits"
+        seq = "input_ids" if head == "causal_lm" else "decoder_input_ids"
+        common = {k: v for k, v in inputs.items() if k != seq}
+        ids = inputs[seq]
+        first = model(**common, **{seq: ids[:, :split]}, use_cache=True)
+        second = model(**common, **{seq: ids[:, split:]}, past_key_values=first.past_key_values, use_cache=True)
+        return np.concatenate([np.asarray(first[key]), np.asarray(second[key])], axis=1)
+
+    def padding_mask(self, attention_mask):
+        from bart_tf.modeling import make_padding_mask
+        return np.asarray(make_padding_mask(attention_mask))
+
+    def causal_mask(self, tgt_len, src_len, past_length):
+        from bart_tf.modeling import make_causal_mask
+        return np.asarray(make_causal_mask(tgt_len, src_len, past_length))
+
+    def attention_bias(self, mask, dtype: str):
+        import tensorflow as tf
+        from bart_tf.modeling import attention_bias
+        return np.asarray(attention_bias(tf.constant(mask), getattr(tf, dtype)))
+
     def save_pretrained(self, model, path: str, **kw):
         return model.save_pretrained(path, **kw)
 

@@ -74,6 +74,33 @@ class Backend:
             return {k: _to_numpy(v) for k, v in out.items()}
         return out.cpu().numpy()
 
+    def cached_pass(self, model, head, inputs, split):
+        """The main output (last_hidden_state for base, else logits) of the decoder sequence fed as positions
+        ``[0, split)`` then ``[split, T)`` through the KV cache, concatenated on the time axis."""
+        import torch
+        key = "last_hidden_state" if head == "base" else "logits"
+        seq = "input_ids" if head == "causal_lm" else "decoder_input_ids"
+        common = {k: self._tensor(k, v) for k, v in inputs.items() if k != seq}
+        ids = self._tensor(seq, inputs[seq])
+        with torch.no_grad():
+            first = model(**common, **{seq: ids[:, :split]}, use_cache=True)
+            second = model(**common, **{seq: ids[:, split:]}, past_key_values=first.past_key_values, use_cache=True)
+        return np.concatenate([_to_numpy(first[key]), _to_numpy(second[key])], axis=1)
+
+    def padding_mask(self, attention_mask):
+        import torch
+        from bart_torch.modeling import make_padding_mask
+        return make_padding_mask(torch.as_tensor(attention_mask)).numpy()
+
+    def causal_mask(self, tgt_len, src_len, past_length):
+        from bart_torch.modeling import make_causal_mask
+        return make_causal_mask(tgt_len, src_len, past_length).numpy()
+
+    def attention_bias(self, mask, dtype: str):
+        import torch
+        from bart_torch.modeling import attention_bias
+        return attention_bias(torch.from_numpy(np.array(mask)), getattr(torch, dtype)).numpy()
+
     def save_pretrained(self, model, path, **kw):
         return model.save_pretrained(str(path), **kw)
 
