@@ -662,20 +662,27 @@ class BartPreTrainedModel:
         return (ids, jnp.ones_like(ids), ids), {}
 
     def init_weights(self, rng) -> dict:
-        """Dense kernels and embeddings ~ N(0, init_std), biases 0, layer-norm scales 1 (the reference's init).
+        """Dense kernels and embeddings ~ N(0, init_std), biases 0, layer-norm scales 1, the token table's
+        ``pad_token_id`` row 0 (the reference PyTorch init; its Flax init keeps that row normal).
         The tree comes from ``jax.eval_shape`` (no compile); one normal draw fills every random leaf."""
         args, kw = self._init_args()
         shapes = jax.eval_shape(lambda r: self.module.init({"params": r}, *args, **kw)["params"], rng)
         leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
         names = [str(getattr(path[-1], "key", path[-1])) for path, _ in leaves]
+        tokens = [len(path) > 1 and str(getattr(path[-2], "key", "")) in ("shared", "embed_tokens")
+                  for path, _ in leaves]
         random = [n in ("kernel", "embedding") for n in names]
         total = sum(int(np.prod(x.shape)) for (_, x), r in zip(leaves, random) if r)
         flat = np.asarray(_normal_draw(rng, total)) * np.float32(self.config.init_std)
         out, pos = [], 0
-        for (_, x), name, r in zip(leaves, names, random):
+        pad = self.config.pad_token_id
+        for (_, x), name, r, token_table in zip(leaves, names, random, tokens):
             n = int(np.prod(x.shape))
             if r:
                 arr, pos = flat[pos:pos + n].reshape(x.shape), pos + n
+                if token_table and pad is not None:
+                    arr = arr.copy()
+                    arr[pad] = 0.0                                            # (V, D): the padding row
             else:
                 arr = np.full(x.shape, 1.0 if name == "scale" else 0.0, np.float32)
             out.append(jnp.asarray(arr, jnp.float32))

@@ -90,7 +90,7 @@ class BartPreTrainedModel(nnx.Module):
                    rngs: nnx.Rngs | int = 0) -> "BartPreTrainedModel":
         """The NNX face of a linen model of the same head (e.g. one from ``from_pretrained``): its config,
         compute dtype, generation config and ``params`` (default ``model.params``), copied into ``nnx.Param``s."""
-        if not isinstance(model, cls.linen_class):
+        if not isinstance(model, cls.linen_class) or model.head != cls.linen_class.head:
             raise TypeError(f"{cls.__name__}.from_linen needs a bart_flax.{cls.linen_class.__name__}, got "
                             f"{type(model).__name__}")
         out = cls(model.config, rngs=rngs, dtype=model.dtype, params=model.params if params is None else params)

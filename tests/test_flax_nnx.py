@@ -134,7 +134,7 @@ def test_nnx_split_merge_state_and_update_round_trip():
 
     graphdef, state = nnx.split(model)
     assert isinstance(state["bridge"]["model"]["shared"]["embedding"], nnx.Param)
-    merged = nnx.merge(graphdef, state)
+    merged = nnx.merge(graphdef, state, copy=True)   # copy: new Variables, the original model stays as it is
     np.testing.assert_allclose(np.asarray(merged(**batch).logits), np.asarray(want), rtol=0, atol=1e-6)
 
     nnx.update(merged, nnx.state(other, nnx.Param))   # another model's weights, loaded in place

@@ -29,6 +29,10 @@ def _inputs(backend, x: dict) -> dict:
     return {k: backend._tensor(k, v) for k, v in x.items()} if backend.name == "torch" else x
 
 
+def _numpy(t) -> np.ndarray:
+    return t.detach().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+
 def _ids(out) -> np.ndarray:
     return np.asarray(getattr(out, "sequences", out))
 
@@ -68,7 +72,7 @@ def test_output_iterates_keys_and_return_dict_false_is_the_tuple(backend):
     assert dict(out.items())["logits"] is out.logits
     tup = model(**x, return_dict=False)
     assert isinstance(tup, tuple) and len(tup) == len(out.keys())
-    np.testing.assert_allclose(np.asarray(tup[0]), np.asarray(out.logits), atol=1e-6)
+    np.testing.assert_allclose(_numpy(tup[0]), _numpy(out.logits), atol=1e-6)
 
 
 def test_config_output_flags_are_honoured_unless_the_call_overrides(backend):
