@@ -24,11 +24,11 @@ import shutil
 import tempfile
 from typing import Callable, Iterable, Iterator
 
-TMP_PREFIX = ".tmp-"
 _TMP_RE = re.compile(r"^\.(?:tmp|old)-.*-pid(\d+)-[^-]*$|^\..*\.(?:tmp|old)-pid(\d+)-[^-]*$")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this process counts as alive)."""
     if pid == os.getpid():
         return True
     try:
@@ -63,7 +63,7 @@ def clean_stale_temps(folder: str | os.PathLike) -> list[str]:
         return removed
     for entry in entries:
         pid = stale_pid(entry)
-        if pid is None or _pid_alive(pid):
+        if pid is None or pid_alive(pid):
             continue
         path = os.path.join(folder, entry)
         if os.path.isdir(path) and not os.path.islink(path):
@@ -259,7 +259,7 @@ def recover_folder_swap(dst: str) -> list[str]:
     mine = re.compile(rf"^\.{re.escape(base)}\.(tmp|old)-pid(\d+)-[^-]*$")
     for entry in sorted(entries):
         m = mine.match(entry)
-        if m is None or _pid_alive(int(m.group(2))):
+        if m is None or pid_alive(int(m.group(2))):
             continue
         path = os.path.join(parent, entry)
         if m.group(1) == "old" and not os.path.exists(dst):

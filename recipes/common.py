@@ -59,6 +59,7 @@ from bart_core.denoising import (
 from bart_core.fileio import (
     atomic_path,
     atomic_write_text,
+    pid_alive,
     recover_folder_swap,
     replace_folder,
     staging_folder,
@@ -633,22 +634,12 @@ def recover_checkpoints(out: str | os.PathLike) -> list[str]:
         if m is None:
             continue
         if m.group(2) == "del":
-            if not _alive(int(m.group(3))):
+            if not pid_alive(int(m.group(3))):
                 shutil.rmtree(folder / entry, ignore_errors=True)
                 actions.append(f"removed {folder / entry}")
         else:
             bases.add(m.group(1))
     return actions + [a for base in sorted(bases) for a in recover_folder_swap(str(folder / base))]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _STAGED = re.compile(rf"^\.({CHECKPOINT_PREFIX}\d+|final)\.(tmp|old|del)-pid(\d+)-")
