@@ -1,4 +1,8 @@
-"""JAX/Flax backend: the five BART models as flax.linen modules with pure, jit-able calls."""
+"""JAX/Flax backend: the five BART models as flax.linen modules with pure, jit-able calls.
+
+The same five as ``flax.nnx`` modules (``nnx.bridge`` over these linen modules; ``nnx.jit``, ``nnx.Optimizer``,
+``nnx.split``): ``from bart_flax.nnx import BartForConditionalGeneration`` (imported on demand).
+"""
 
 import dataclasses as _dataclasses
 

@@ -7,7 +7,7 @@ forward pass. With ``compile(loss=...)``, ``(x, y)`` data keep ``y`` apart and t
 the primary output (``logits``) instead.
 
 Metrics passed to ``compile`` compare the primary output with the labels (``y``, else those in the input dict);
-for the language-model heads positions labelled -100 are left out (zero sample weight), as from the loss.
+for the language-model heads positions labelled -100 are left out (a Keras mask on the logits), as from the loss.
 """
 
 from __future__ import annotations
@@ -83,29 +83,31 @@ class KerasTrainingMixin:
             loss = loss + tf.add_n([tf.cast(l, tf.float32) for l in self.losses])
         return loss
 
-    def _metric_targets(self, x, sample_weight):
-        """Labels from the input dict -> (y, sample_weight); y None when x holds none."""
+    def _metric_targets(self, x, y_pred):
+        """Labels from the input dict -> (y, y_pred); y None when x holds none. Token labels -100 become 0 under a
+        Keras mask on the logits (``_keras_mask``, Keras' masking convention), which every compiled metric,
+        weighted or not, leaves out; static shapes, so XLA-compiled steps keep working."""
         names = self.label_names
         if not isinstance(x, dict) or not names or any(x.get(n) is None for n in names):
-            return None, sample_weight
+            return None, y_pred
         if len(names) > 1:
-            return tuple(x[n] for n in names), sample_weight
+            return tuple(x[n] for n in names), y_pred
         y = x[names[0]]
-        if self.head in ("conditional_generation", "causal_lm"):  # (B, T) token labels, -100 ignored
+        if self.head in ("conditional_generation", "causal_lm"):                  # y (B, T), y_pred (B, T, V)
             y = tf.cast(y, tf.int32)
-            keep = tf.cast(y != IGNORE_INDEX, tf.float32)                                  # (B, T)
-            if sample_weight is not None:
-                weight = tf.cast(sample_weight, tf.float32)
-                keep = keep * (tf.reshape(weight, [-1, 1]) if weight.shape.rank == 1 else weight)
-            return tf.where(y == IGNORE_INDEX, 0, y), keep
-        return y, sample_weight
+            keep = y != IGNORE_INDEX                                                       # (B, T)
+            y_pred = tf.identity(y_pred)  # a new tensor to carry the mask
+            y_pred._keras_mask = keep
+            y = tf.where(keep, y, 0)
+        return y, y_pred
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        y_pred = self._primary_output(y_pred)
         if y is None:
-            y, sample_weight = self._metric_targets(x, sample_weight)
+            y, y_pred = self._metric_targets(x, y_pred)
             if y is None:  # nothing to compare the outputs with: only the loss is reported
                 return self.get_metrics_result()
-        return super().compute_metrics(x, y, self._primary_output(y_pred), sample_weight)
+        return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -30,7 +30,7 @@ FENCE = re.compile(r"(?P<marker><!--\s*skip-test:?(?P<reason>[^>]*)-->\s*\n)?^``
                    re.S | re.M)
 # which framework a snippet needs, from its imports
 FRAMEWORKS = {
-    "torch": re.compile(r"^\s*(import|from)\s+(torch|bart_torch)\b", re.M),
+    "torch": re.compile(r"^\s*(import|from)\s+(torch|bart_torch)\b|backends=\[[^]]*\btorch\b", re.M),
     "tensorflow": re.compile(r"^\s*(import|from)\s+(tensorflow|keras|bart_tf)\b", re.M),
     "flax": re.compile(r"^\s*(import|from)\s+(jax|flax|optax|bart_flax)\b", re.M),
 }

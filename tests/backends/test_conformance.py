@@ -100,26 +100,28 @@ def test_generate_use_cache_false_equals_true(backend):
 
 @pytest.mark.parametrize("head", list(HEADS))
 def test_head_mask(backend, head):
-    """An all-ones head mask changes nothing; a zero entry zeroes that head's attention weights and changes
-    the output."""
+    """All-ones head masks change nothing; a zero entry zeroes that head's attention weights (encoder,
+    decoder and cross attention) and changes the output. (Every mask in one call: each new call signature is a
+    compile in Flax.)"""
     config = tiny_config()
     model = seeded_model(backend, head, config)
     x = head_inputs(head, config)
-    plain = backend.forward(model, **x)
-    h = config.decoder_attention_heads
-    ones = np.ones((config.decoder_layers, h), np.float32)
+    ones = np.ones((config.decoder_layers, config.decoder_attention_heads), np.float32)
     off = ones.copy()
     off[1, 2] = 0.0
-    names = ("head_mask",) if head == "causal_lm" else ("head_mask", "decoder_head_mask", "cross_attn_head_mask")
-    for name in names:
-        same = backend.forward(model, **x, **{name: ones})
-        np.testing.assert_allclose(main_output(head, same), main_output(head, plain), atol=ATOL, rtol=0, err_msg=name)
-        masked = backend.forward(model, **x, **{name: off}, output_attentions=True)
-        assert not np.allclose(main_output(head, masked), main_output(head, plain), atol=1e-4), name
-        field = {"head_mask": "attentions" if head == "causal_lm" else "encoder_attentions",
-                 "decoder_head_mask": "decoder_attentions", "cross_attn_head_mask": "cross_attentions"}[name]
+    fields = {"head_mask": "attentions"} if head == "causal_lm" else {
+        "head_mask": "encoder_attentions", "decoder_head_mask": "decoder_attentions",
+        "cross_attn_head_mask": "cross_attentions"}
+    plain = backend.forward(model, **x, output_attentions=True)
+    same = backend.forward(model, **x, **{name: ones for name in fields}, output_attentions=True)
+    np.testing.assert_allclose(main_output(head, same), main_output(head, plain), atol=ATOL, rtol=0)
+    masked = backend.forward(model, **x, **{name: off for name in fields}, output_attentions=True)
+    assert not np.allclose(main_output(head, masked), main_output(head, plain), atol=1e-4)
+    for name, field in fields.items():
         weights = masked[field][1]                                                  # layer 1: (B, H, T, S)
         assert np.all(weights[:, 2] == 0) and np.all(weights[:, :2].sum(-1) > 0.99), name
+        if field != "cross_attentions":  # self-attention in layer 0 sees nothing of layer 1 (cross sees the encoder)
+            np.testing.assert_allclose(masked[field][0], plain[field][0], atol=ATOL, rtol=0, err_msg=name)
 
 
 # ------------------------------------------------------------------------------------------------ classification
