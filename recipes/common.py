@@ -39,6 +39,7 @@ import re
 import shutil
 import tempfile
 import time
+import types
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -46,6 +47,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from bart_core.checkpoint import CheckpointError
+from bart_core.collator import DataCollatorForSeq2Seq
 from bart_core.config import BartConfig
 from bart_core.denoising import (
     CORPUS_DIR,
@@ -64,7 +66,6 @@ from bart_core.fileio import (
     replace_folder,
     staging_folder,
 )
-from bart_core.inputs import shift_tokens_right
 from bart_core.names import param_table
 
 BACKENDS = ("torch", "tf", "flax")
@@ -320,7 +321,8 @@ def read_pairs(path: str | os.PathLike, source_key: str = "source", target_key: 
 class Seq2SeqCollator:
     """(source, target) text pairs -> the batch layout of ``DenoisingCollator``: ``input_ids``,
     ``attention_mask`` (B, S), ``decoder_input_ids``, ``labels`` (B, T) (-100 on padding), numpy int64.
-    Texts are encoded once and cached. It has the collator interface ``iterate_batches`` expects."""
+    Texts are encoded once and cached; padding and the decoder shift are ``bart_core.DataCollatorForSeq2Seq``'s.
+    It has the collator interface ``iterate_batches`` expects."""
 
     def __init__(self, tokenizer, max_source_length: int, max_target_length: int, seed: int = 0,
                  decoder_start_token_id: int = 2, pad_to_multiple_of: int | None = None):
@@ -332,6 +334,9 @@ class Seq2SeqCollator:
         vocab = tokenizer.get_vocab()
         self.bos, self.pad, self.eos = vocab["<s>"], vocab["<pad>"], vocab["</s>"]
         self._cache: dict[tuple[str, int], np.ndarray] = {}
+        shift = types.SimpleNamespace(pad_token_id=self.pad, decoder_start_token_id=decoder_start_token_id)
+        self._pad = DataCollatorForSeq2Seq(tokenizer, model=shift, pad_to_multiple_of=pad_to_multiple_of,
+                                           label_pad_token_id=LABEL_PAD, return_tensors="np")
 
     def encode(self, text: str, max_length: int) -> np.ndarray:
         key = (text, max_length)
@@ -340,26 +345,14 @@ class Seq2SeqCollator:
             self._cache[key] = np.array([self.bos, *ids, self.eos], dtype=np.int64)
         return self._cache[key]
 
-    def _length(self, seqs: list[np.ndarray]) -> int:
-        n = max(s.shape[0] for s in seqs)
-        m = self.pad_to_multiple_of
-        return n if m is None else -(-n // m) * m
-
     def __call__(self, pairs: Sequence[tuple[str, str]], indices: Sequence[int] | None = None,
                  epoch: int = 0) -> dict[str, np.ndarray]:
-        sources = [self.encode(s, self.max_source_length) for s, _ in pairs]
-        targets = [self.encode(t, self.max_target_length) for _, t in pairs]
-        b, s_len, t_len = len(pairs), self._length(sources), self._length(targets)
-        input_ids = np.full((b, s_len), self.pad, np.int64)          # (B, S)
-        attention_mask = np.zeros((b, s_len), np.int64)              # (B, S)
-        labels = np.full((b, t_len), LABEL_PAD, np.int64)            # (B, T)
-        for row, (src, tgt) in enumerate(zip(sources, targets)):
-            input_ids[row, :src.shape[0]] = src
-            attention_mask[row, :src.shape[0]] = 1
-            labels[row, :tgt.shape[0]] = tgt
-        decoder_input_ids = shift_tokens_right(labels, self.pad, self.decoder_start_token_id).astype(np.int64)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "decoder_input_ids": decoder_input_ids,
-                "labels": labels}
+        features = []
+        for source, target in pairs:
+            src = self.encode(source, self.max_source_length)
+            features.append({"input_ids": src, "attention_mask": np.ones_like(src),
+                             "labels": self.encode(target, self.max_target_length)})
+        return {k: np.asarray(v, np.int64) for k, v in self._pad(features).items()}
 
 
 def finetuning_data(run: RunConfig, tokenizer=None) -> tuple[list, list, Seq2SeqCollator]:
