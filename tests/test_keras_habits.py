@@ -112,15 +112,15 @@ def test_export_and_export_generate_reload_in_fresh_process(tmp_path):
     expected = model(**inputs)
     tokens = model.generate(inputs["input_ids"], inputs["attention_mask"], **options).numpy()
     np.savez(tmp_path / "inputs.npz", **inputs)
-    code = textwrap.dedent(f"""
+    code = textwrap.dedent("""
         import sys, numpy as np, tensorflow as tf
-        x = {{k: tf.constant(v) for k, v in np.load("inputs.npz").items()}}
+        x = {k: tf.constant(v) for k, v in np.load("inputs.npz").items()}
         forward = tf.saved_model.load("forward").signatures["serving_default"]
         out = forward(**x)
         generate = tf.saved_model.load("generate").signatures["serving_default"]
         gen = generate(input_ids=x["input_ids"], attention_mask=x["attention_mask"])
         assert not any(m.startswith(("bart_tf", "bart_core")) for m in sys.modules)
-        np.savez("out.npz", sequences=gen["sequences"].numpy(), **{{k: v.numpy() for k, v in out.items()}})
+        np.savez("out.npz", sequences=gen["sequences"].numpy(), **{k: v.numpy() for k, v in out.items()})
     """)
     run = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), capture_output=True, text=True, env=ENV,
                          timeout=300)
@@ -210,11 +210,16 @@ def test_summary_lists_sub_layers_with_parameter_counts(head, rows):
 
 
 # ----------------------------------------------------------------------------------------- backend guard
-@pytest.mark.parametrize("backend", ["jax"])
-def test_other_keras_backend_fails_at_import(backend):
-    code = "import bart_tf"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**ENV, "KERAS_BACKEND": backend})
+@pytest.mark.parametrize("backend,where", [("jax", "env"), ("torch", "env"), ("jax", "keras.json")])
+def test_other_keras_backend_fails_at_import(backend, where, tmp_path):
+    env = {k: v for k, v in ENV.items() if k != "KERAS_BACKEND"}
+    if where == "env":
+        env["KERAS_BACKEND"] = backend
+    else:  # no variable: keras reads $KERAS_HOME/keras.json
+        (tmp_path / "keras.json").write_text(json.dumps({"backend": backend}))
+        env["KERAS_HOME"] = str(tmp_path)
+    run = subprocess.run([sys.executable, "-c", "import bart_tf"], capture_output=True, text=True, timeout=120,
+                         env=env)
     assert run.returncode != 0
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: bart_tf needs Keras 3's TensorFlow backend")

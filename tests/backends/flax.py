@@ -75,6 +75,7 @@ class Backend:
 
     def attention_bias(self, mask, dtype: str):
         import jax.numpy as jnp
+
         from bart_flax.modeling import attention_bias
         return np.asarray(attention_bias(jnp.asarray(mask), getattr(jnp, dtype)))
 

@@ -68,6 +68,7 @@ class Backend:
 
     def attention_bias(self, mask, dtype: str):
         import tensorflow as tf
+
         from bart_tf.modeling import attention_bias
         return np.asarray(attention_bias(tf.constant(mask), getattr(tf, dtype)))
 

@@ -89,6 +89,7 @@ class Backend:
 
     def padding_mask(self, attention_mask):
         import torch
+
         from bart_torch.modeling import make_padding_mask
         return make_padding_mask(torch.as_tensor(attention_mask)).numpy()
 
@@ -98,6 +99,7 @@ class Backend:
 
     def attention_bias(self, mask, dtype: str):
         import torch
+
         from bart_torch.modeling import attention_bias
         return attention_bias(torch.from_numpy(np.array(mask)), getattr(torch, dtype)).numpy()
 
