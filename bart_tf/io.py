@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -11,6 +12,35 @@ from bart_core.names import param_table
 from bart_core.pretrained import generation_config_to_save, prepare_load, save_folder, warn_report
 
 TF_KEYWORDS = ("dtype",)
+_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16",
+             "mixed_bfloat16": "mixed_bfloat16", "mixed_float16": "mixed_float16"}
+
+
+def _dtype_policy(dtype, where: str) -> str | None:
+    """``dtype=`` on load as a Keras dtype policy: ``bfloat16`` / ``float16`` mean the mixed policies (variables
+    stay float32, products run in the narrow type, as Keras users train); None keeps the global policy."""
+    if dtype is None:
+        return None
+    name = getattr(dtype, "name", dtype)
+    if name not in _POLICIES:
+        raise ValueError(f"{where}: dtype {dtype!r} is not one of {', '.join(_POLICIES)}")
+    return _POLICIES[name]
+
+
+@contextlib.contextmanager
+def _policy_scope(policy: str | None):
+    """Build a model under ``policy`` (Keras layers read the global policy when they are created), then put the
+    global policy back."""
+    if policy is None:
+        yield
+        return
+    import keras
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 class PretrainedMixin:
@@ -66,11 +96,8 @@ class PretrainedMixin:
         if model_args:
             raise TypeError(f"{where}() takes no positional arguments after the path, got {len(model_args)}")
         prep = prepare_load(cls, pretrained_model_name_or_path, kwargs, accepted=TF_KEYWORDS)
-        dtype = prep.options.get("dtype")
-        if dtype not in (None, "float32") and getattr(dtype, "name", None) != "float32":
-            raise NotImplementedError(f"{where}: dtype={dtype!r}: the Keras models load in float32; for bfloat16 "
-                                      "compute set keras.mixed_precision.set_global_policy('mixed_bfloat16') first")
-        model = cls(prep.config)
+        with _policy_scope(_dtype_policy(prep.options.get("dtype"), where)):
+            model = cls(prep.config)
         if prep.report is not None:
             model._assign(prep.report, prep.weight_file)
         if prep.generation_config is not None and hasattr(model, "generation_config"):

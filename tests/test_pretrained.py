@@ -194,3 +194,21 @@ def test_integer_weights_are_refused(reference_checkpoint, tmp_path):
     write_safetensors(state, str(tmp_path))
     with pytest.raises(CheckpointError, match="layernorm_embedding.bias.*int32"):
         bart_torch.BartForConditionalGeneration.from_pretrained(str(tmp_path))
+
+
+def test_tf_dtype_on_load_builds_a_mixed_precision_model(reference_checkpoint):
+    keras = pytest.importorskip("keras")
+    import bart_tf
+    from tests.conftest import seeded_inputs, tiny_config
+    path = reference_checkpoint()
+    full = bart_tf.BartForConditionalGeneration.from_pretrained(path)
+    half = bart_tf.BartForConditionalGeneration.from_pretrained(path, dtype="bfloat16")
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is put back
+    assert half.model.shared.embeddings.dtype == "float32"  # variables stay float32, products run in bfloat16
+    assert half.model.shared.compute_dtype == "bfloat16"
+    x = seeded_inputs(tiny_config())
+    a = np.asarray(full(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).logits, np.float32)
+    b = np.asarray(half(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).logits, np.float32)
+    assert 0 < np.abs(a - b).max() < 0.1
+    with pytest.raises(ValueError, match="dtype 'int8'"):
+        bart_tf.BartForConditionalGeneration.from_pretrained(path, dtype="int8")
