@@ -17,6 +17,7 @@ import numpy as np
 
 from bart_core.config import BartConfig
 from bart_core.generation import GenerationConfig
+from bart_tf.io import _policy_scope
 
 
 def _output_shapes(config: BartConfig) -> dict:
@@ -41,7 +42,10 @@ class KerasModelMixin:
         config = dict(config)
         bart = BartConfig.from_dict(config.pop("config"))
         gen = config.pop("generation_config", None)
-        model = cls(bart, **config)
+        policy = config.get("dtype")
+        policy = None if policy is None else keras.dtype_policies.get(policy).name
+        with _policy_scope(policy):  # the sub-layers read the global policy (a mixed policy reaches them all)
+            model = cls(bart, **config)
         if gen is not None:
             model.generation_config = GenerationConfig.from_dict(gen)
         return model

@@ -85,18 +85,18 @@ def test_get_config_is_plain_and_registered(head):
     assert model.numpy_state_dict().keys() == clone.numpy_state_dict().keys()
 
 
-def test_model_checkpoint_saves_trained_weights(tmp_path):
-    model = make()
-    ids, labels = lm_batch(model.config)
-    before = model.numpy_state_dict()
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)
-    path = tmp_path / "ckpt.keras"
-    model.fit({"input_ids": ids, "labels": labels}, batch_size=4, epochs=1, verbose=0,
-              callbacks=[keras.callbacks.ModelCheckpoint(str(path))])
-    loaded = keras.models.load_model(path)
-    assert_same_weights(loaded, model)
-    assert not np.array_equal(loaded.numpy_state_dict()["model.shared.weight"], before["model.shared.weight"])
-    np.testing.assert_allclose(loaded(input_ids=ids).logits.numpy(), model(input_ids=ids).logits.numpy(), atol=ATOL)
+def test_from_config_keeps_a_mixed_precision_policy():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = make()
+    finally:
+        keras.config.set_dtype_policy(previous)
+    clone = type(model).from_config(model.get_config())
+    assert keras.config.dtype_policy().name == previous.name
+    dense = clone.model.encoder.layers[0].fc1
+    assert clone.dtype_policy.name == dense.dtype_policy.name == "mixed_bfloat16"
+    assert dense.kernel.dtype == "float32"
 
 
 # ----------------------------------------------------------------------------------------- export
@@ -153,14 +153,22 @@ def test_compile_metrics_use_logits_and_labels_in_the_input_dict():
     np.testing.assert_allclose(result["loss"], out.loss.numpy(), atol=1e-5)
 
 
-def test_fit_x_y_trains_on_the_internal_loss():
+def test_fit_x_y_trains_on_the_internal_loss_and_model_checkpoint_saves_it(tmp_path):
     model = make()
     ids, labels = lm_batch(model.config)
+    before = model.numpy_state_dict()
     initial = float(model(input_ids=ids, labels=labels).loss)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False)  # no loss
-    losses = model.fit(ids, labels, batch_size=4, epochs=3, verbose=0, shuffle=False).history["loss"]
+    path = tmp_path / "ckpt.keras"
+    losses = model.fit(ids, labels, batch_size=4, epochs=3, verbose=0, shuffle=False,
+                       callbacks=[keras.callbacks.ModelCheckpoint(str(path))]).history["loss"]
     np.testing.assert_allclose(losses[0], initial, rtol=1e-5)  # y went into `labels`: the model's own loss
     assert losses[-1] < losses[0]
+
+    loaded = keras.models.load_model(path)  # the checkpoint of the last epoch
+    assert_same_weights(loaded, model)
+    assert not np.array_equal(loaded.numpy_state_dict()["model.shared.weight"], before["model.shared.weight"])
+    np.testing.assert_allclose(loaded(input_ids=ids).logits.numpy(), model(input_ids=ids).logits.numpy(), atol=ATOL)
 
 
 def test_labels_move_into_the_inputs_per_head():
