@@ -762,26 +762,6 @@ class BartPreTrainedModel(PretrainedMixin, KerasModelMixin, KerasTrainingMixin, 
             _swap_variable(self, "final_logits_bias", bias, trainable=False)
         self.config.vocab_size = new_num_tokens
         return emb
-        state = self.numpy_state_dict()
-        keep = min(new_num_tokens, self.config.vocab_size)
-        for name, value in list(state.items()):
-            if name.endswith("embed_tokens.weight") or name in ("model.shared.weight", "shared.weight",
-                                                                   "lm_head.weight"):
-                grown = np.empty((new_num_tokens,) + value.shape[1:], value.dtype)
-                grown[:keep], grown[keep:] = value[:keep], value.mean(0)
-                state[name] = grown
-            elif name == "final_logits_bias":
-                grown = np.zeros((1, new_num_tokens), value.dtype)
-                grown[:, :keep] = value[:, :keep]
-                state[name] = grown
-        self.config.vocab_size = new_num_tokens
-        fresh = type(self)(self.config)
-        fresh.load_numpy_state_dict(state)
-        for attr in ("model", "lm_head"):
-            if hasattr(fresh, attr):
-                setattr(self, attr, getattr(fresh, attr)) if attr == "lm_head" else None
-        self.__dict__.update({k: v for k, v in fresh.__dict__.items()})
-        return self.get_input_embeddings()
 
     @staticmethod
     def _result(out, return_dict: bool):
