@@ -30,7 +30,12 @@ import numpy as np
 from jax import lax
 
 from bart_core import GenerationConfig
-from bart_core.generation import bad_word_sequences, decoder_prompt, resolve_generation_config, resolve_lengths
+from bart_core.generation import (
+    bad_word_sequences,
+    decoder_prompt,
+    resolve_generation_config,
+    resolve_lengths,
+)
 from bart_core.inputs import check_unpadded_prompt, infer_attention_mask
 from bart_core.outputs import FlaxBeamSearchOutput, FlaxGreedySearchOutput, FlaxSampleOutput, GenerateOutput
 
