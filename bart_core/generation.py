@@ -463,6 +463,33 @@ def resolve_lengths(gen: GenerationConfig, prompt: int, max_length_given: bool,
     return gen.replace(max_length=max_length, max_new_tokens=None, min_length=min_length, min_new_tokens=None)
 
 
+def check_generate_source(gen: GenerationConfig, causal: bool, has_input_ids: bool, has_inputs_embeds: bool,
+                          has_encoder_outputs: bool = False) -> Optional[int]:
+    """The rules for what ``generate`` starts from, for every backend: ``input_ids`` or ``inputs_embeds`` (not both;
+    embeddings only for the encoder-decoder), else, as the reference, one input of ``bos_token_id``. Returns that
+    token id when the backend must make the ``[[bos]]`` input, else None."""
+    if has_inputs_embeds:
+        if causal:
+            raise ValueError("BartForCausalLM.generate(inputs_embeds=...) is not supported: pass the prompt as "
+                             "input_ids")
+        if has_input_ids:
+            raise ValueError("generate(): pass input_ids or inputs_embeds, not both")
+        return None
+    if has_input_ids or has_encoder_outputs:
+        return None
+    if gen.bos_token_id is None:
+        raise ValueError("generate() without input_ids needs bos_token_id to make them")
+    return gen.bos_token_id
+
+
+def refuse_step_outputs(gen: GenerationConfig, backend: str, why: str) -> None:
+    """Backends whose decoding loop is one compiled program keep no per-step network outputs: refuse the flags."""
+    for flag in ("output_attentions", "output_hidden_states", "output_logits"):
+        if gen._get(flag):
+            raise ValueError(f"generate({flag}=True) is not supported by the {backend} backend: {why} (bart_torch "
+                             "has it)")
+
+
 def bad_word_sequences(gen: GenerationConfig) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
     """``(single tokens, longer sequences)`` of ``gen.bad_words_ids``, as the reference's
     ``NoBadWordsLogitsProcessor`` uses them: ``[eos_token_id]`` alone is dropped (ending stays possible); a single

@@ -32,7 +32,9 @@ from jax import lax
 from bart_core import GenerationConfig
 from bart_core.generation import (
     bad_word_sequences,
+    check_generate_source,
     decoder_prompt,
+    refuse_step_outputs,
     resolve_generation_config,
     resolve_lengths,
 )
@@ -352,21 +354,12 @@ def generate(model, input_ids=None, attention_mask=None, params=None, prng_key=N
     does not keep per-step network outputs (the PyTorch backend returns them)."""
     gen = resolve_generation_config(getattr(model, "generation_config", None), generation_config, options,
                                     model.config)
-    for flag in ("output_attentions", "output_hidden_states", "output_logits"):
-        if gen._get(flag):
-            raise ValueError(f"generate({flag}=True) is not supported by the Flax backend: the decoding loop is one "
-                             f"compiled jax program that keeps no per-step network outputs (bart_torch has it)")
+    refuse_step_outputs(gen, "Flax", "the decoding loop is one compiled jax program that keeps no per-step "
+                                     "network outputs")
     causal = model.head == "causal_lm"
-    if inputs_embeds is not None:
-        if causal:
-            raise ValueError("BartForCausalLM.generate(inputs_embeds=...) is not supported: pass the prompt as "
-                             "input_ids")
-        if input_ids is not None:
-            raise ValueError("generate(): pass input_ids or inputs_embeds, not both")
-    elif input_ids is None:  # as the reference: one input of bos_token_id
-        if gen.bos_token_id is None:
-            raise ValueError("generate() without input_ids needs bos_token_id to make them")
-        input_ids = jnp.full((1, 1), gen.bos_token_id, jnp.int32)
+    bos = check_generate_source(gen, causal, input_ids is not None, inputs_embeds is not None)
+    if bos is not None:
+        input_ids = jnp.full((1, 1), bos, jnp.int32)
     source = input_ids if input_ids is not None else inputs_embeds
     eager = not isinstance(source, jax.core.Tracer)
     from bart_flax.modeling import check_inputs

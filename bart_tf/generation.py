@@ -25,7 +25,9 @@ import tensorflow as tf
 from bart_core.generation import (
     GenerationConfig,
     bad_word_sequences,
+    check_generate_source,
     decoder_prompt,
+    refuse_step_outputs,
     resolve_generation_config,
     resolve_lengths,
 )
@@ -400,22 +402,13 @@ class GenerationMixin:
         """
         gen = resolve_generation_config(getattr(self, "generation_config", None), generation_config, options,
                                         self.config)
-        for flag in ("output_attentions", "output_hidden_states", "output_logits"):
-            if gen._get(flag):
-                raise ValueError(f"generate({flag}=True) is not supported by the TensorFlow backend: the decoding "
-                                 f"loop is one graph that keeps no per-step network outputs (bart_torch has it)")
+        refuse_step_outputs(gen, "TensorFlow", "the decoding loop is one graph that keeps no per-step network "
+                                               "outputs")
         eager = tf.executing_eagerly()
         causal = self.head == "causal_lm"
-        if inputs_embeds is not None:
-            if causal:
-                raise ValueError("BartForCausalLM.generate(inputs_embeds=...) is not supported: pass the prompt as "
-                                 "input_ids")
-            if input_ids is not None:
-                raise ValueError("generate(): pass input_ids or inputs_embeds, not both")
-        elif input_ids is None:  # as the reference: one input of bos_token_id
-            if gen.bos_token_id is None:
-                raise ValueError("generate() without input_ids needs bos_token_id to make them")
-            input_ids = tf.fill([1, 1], gen.bos_token_id)
+        bos = check_generate_source(gen, causal, input_ids is not None, inputs_embeds is not None)
+        if bos is not None:
+            input_ids = tf.fill([1, 1], bos)
         from bart_tf.modeling import check_inputs
         check_inputs(self.config, causal, input_ids=input_ids, attention_mask=attention_mask,
                      inputs_embeds=inputs_embeds)

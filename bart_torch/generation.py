@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from bart_core.generation import (
     GenerationConfig,
     bad_word_sequences,
+    check_generate_source,
     decoder_prompt,
     resolve_generation_config,
     resolve_lengths,
@@ -372,21 +373,16 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
     device = model.get_input_embeddings().weight.device
     input_ids = _to_tensor(input_ids, device)
     attention_mask = _to_tensor(attention_mask, device)
+    bos = check_generate_source(gen, causal, input_ids is not None, inputs_embeds is not None,
+                                encoder_outputs is not None)
     if inputs_embeds is not None:
-        if input_ids is not None:
-            raise ValueError("generate(): pass input_ids or inputs_embeds, not both")
-        if causal:
-            raise ValueError("BartForCausalLM.generate(inputs_embeds=...) is not supported: pass the prompt as "
-                             "input_ids")
         if encoder_outputs is None:
             inputs_embeds = torch.as_tensor(inputs_embeds, device=device)
             encoder_outputs = model.model.encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                                   output_attentions=gen.output_attentions,
                                                   output_hidden_states=gen.output_hidden_states)
-    if input_ids is None and encoder_outputs is None:  # as the reference: one input of bos_token_id
-        if gen.bos_token_id is None:
-            raise ValueError("generate() without input_ids needs bos_token_id to make them")
-        input_ids = torch.full((1, 1), gen.bos_token_id, dtype=torch.long, device=device)
+    if bos is not None and encoder_outputs is None:  # as the reference: one input of bos_token_id
+        input_ids = torch.full((1, 1), bos, dtype=torch.long, device=device)
     if input_ids is not None:
         if input_ids.dim() == 1:  # one unbatched prompt (and its mask)
             input_ids = input_ids[None]

@@ -97,6 +97,16 @@ def load_reference(head: str, path: str, eager: bool = True):
     return model
 
 
+@pytest.fixture(params=("torch", "tf", "flax"), scope="module")
+def backend(request):
+    """The harness adapter of each backend (tests/backends/); skipped where its framework is not installed."""
+    from tests.backends import get_backend
+    b = get_backend(request.param)
+    if not b.available():
+        pytest.skip(f"{request.param} backend not installed")
+    return b
+
+
 @pytest.fixture(scope="session")
 def reference_checkpoint(tmp_path_factory):
     """``reference_checkpoint(head, config, seed, **overrides)`` -> directory written by transformers; cached."""

@@ -10,7 +10,6 @@ import warnings
 import numpy as np
 import pytest
 
-from tests.backends import BACKEND_NAMES, get_backend
 from tests.conftest import (
     HEADS,
     assert_outputs_close,
@@ -24,12 +23,6 @@ from tests.conftest import (
 ATOL = 1e-5
 
 
-@pytest.fixture(params=BACKEND_NAMES, scope="module")
-def backend(request):
-    b = get_backend(request.param)
-    if not b.available():
-        pytest.skip(f"{request.param} backend not installed")
-    return b
 
 
 _reference = load_reference

@@ -22,7 +22,6 @@ from bart_core.generation import (
     default_generation_config,
     resolve_generation_config,
 )
-from tests.backends import BACKEND_NAMES, get_backend
 from tests.conftest import HEADS, TINY, randomize_biases, seeded_inputs, tiny_config
 
 # a bart-large-cnn-like checkpoint, scaled down: set on the model config, as older scripts do, so that the
@@ -308,12 +307,6 @@ def test_token_fallbacks_as_reference():
 # ------------------------------------------------------------------------------------------------ backends
 
 
-@pytest.fixture(params=BACKEND_NAMES, scope="module")
-def backend(request):
-    b = get_backend(request.param)
-    if not b.available():
-        pytest.skip(f"{request.param} backend not installed")
-    return b
 
 
 def _model_with_reference_weights(backend, path: str, head: str = "conditional_generation"):

@@ -12,16 +12,8 @@ import warnings
 import numpy as np
 import pytest
 
-from tests.backends import BACKEND_NAMES, get_backend
+from tests.backends import get_backend
 from tests.conftest import load_reference, seeded_inputs, tiny_config
-
-
-@pytest.fixture(params=BACKEND_NAMES, scope="module")
-def backend(request):
-    b = get_backend(request.param)
-    if not b.available():
-        pytest.skip(f"{request.param} backend not installed")
-    return b
 
 
 def _inputs(backend, x: dict) -> dict:

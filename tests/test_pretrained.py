@@ -11,18 +11,11 @@ import numpy as np
 import pytest
 
 from bart_core.checkpoint import CheckpointError
-from tests.backends import BACKEND_NAMES, get_backend
 from tests.conftest import HEADS
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
-@pytest.fixture(params=BACKEND_NAMES)
-def backend(request):
-    b = get_backend(request.param)
-    if not b.available():
-        pytest.skip(f"{request.param} not installed")
-    return b
 
 
 def make_hub_cache(cache, repo_id: str, folder: str, sha: str = SHA) -> None:

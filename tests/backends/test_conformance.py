@@ -13,19 +13,13 @@ import pytest
 
 from bart_core import inputs as core
 from bart_core.names import param_table
-from tests.backends import BACKEND_NAMES, get_backend
+from tests.backends import get_backend
 from tests.conftest import HEADS, seeded_inputs, tiny_config
 
 ATOL = 1e-5
 CACHED_HEADS = ("base", "conditional_generation", "causal_lm")  # heads whose output is per decoder position
 
 
-@pytest.fixture(params=BACKEND_NAMES, scope="module")
-def backend(request):
-    b = get_backend(request.param)
-    if not b.available():
-        pytest.skip(f"{request.param} backend not installed")
-    return b
 
 
 def seeded_state(config, head: str, seed: int = 0, std: float = 0.3) -> dict:
