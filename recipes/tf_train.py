@@ -86,6 +86,9 @@ class TokenWeightedBart(BartForConditionalGeneration):
     """``BartForConditionalGeneration`` whose training loss is ``loss * label_tokens * weight`` (see the module
     docstring); ``weight`` comes as Keras' ``sample_weight``."""
 
+    def _labels_into_inputs(self, data):
+        return data  # the recipe's batches carry labels in x; y is there only beside the per-row weight
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if sample_weight is None:
             return super().compute_loss(x, y, y_pred, sample_weight, training)
