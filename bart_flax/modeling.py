@@ -196,6 +196,8 @@ def _layer_norm(dtype):
 
 # ============================================================================ 4. encoder layer
 class BartEncoderLayer(nn.Module):
+    """One encoder block: self-attention, then the feed-forward network, each followed by a residual and a
+    layer norm (post-norm, as BART)."""
     config: BartConfig
     dtype: Dtype = jnp.float32
 
@@ -222,6 +224,8 @@ class BartEncoderLayer(nn.Module):
 
 # ============================================================================ 5. decoder layer
 class BartDecoderLayer(nn.Module):
+    """One decoder block: causal self-attention (with the KV cache), cross-attention over the encoder states,
+    the feed-forward network; post-norm residuals."""
     config: BartConfig
     dtype: Dtype = jnp.float32
 
@@ -286,6 +290,7 @@ def _layerdrop(module: nn.Module, rate: float, deterministic: bool):
 
 # ============================================================================ 6. encoder
 class BartEncoder(nn.Module):
+    """Token and position embeddings, the embedding layer norm and ``encoder_layers`` encoder blocks."""
     config: BartConfig
     embed_tokens: Embed
     dtype: Dtype = jnp.float32
@@ -402,6 +407,7 @@ def reorder_cache(cache: dict, index: jax.Array) -> dict:
 
 # ============================================================================ 8. model
 class BartModule(nn.Module):
+    """The linen module of the bare encoder-decoder (wrapped by `BartModel`)."""
     config: BartConfig
     dtype: Dtype = jnp.float32
 
@@ -440,6 +446,7 @@ class BartModule(nn.Module):
 
 # ============================================================================ 9. heads
 class BartForConditionalGenerationModule(nn.Module):
+    """The linen module of `BartForConditionalGeneration`."""
     config: BartConfig
     dtype: Dtype = jnp.float32
 
@@ -473,6 +480,7 @@ class BartForConditionalGenerationModule(nn.Module):
 
 
 class BartClassificationHead(nn.Module):
+    """Dense, tanh, dropout and the output projection applied to the decoder state at the last ``eos`` token."""
     config: BartConfig
     dtype: Dtype = jnp.float32
 
@@ -495,6 +503,7 @@ def eos_representation(input_ids, hidden, eos_token_id):
 
 
 class BartForSequenceClassificationModule(nn.Module):
+    """The linen module of `BartForSequenceClassification`."""
     config: BartConfig
     dtype: Dtype = jnp.float32
 
@@ -518,6 +527,7 @@ class BartForSequenceClassificationModule(nn.Module):
 
 
 class BartForQuestionAnsweringModule(nn.Module):
+    """The linen module of `BartForQuestionAnswering`."""
     config: BartConfig
     dtype: Dtype = jnp.float32
 
@@ -558,6 +568,7 @@ class BartDecoderWrapper(nn.Module):
 
 
 class BartForCausalLMModule(nn.Module):
+    """The linen module of `BartForCausalLM`."""
     config: BartConfig
     dtype: Dtype = jnp.float32
 
@@ -837,6 +848,9 @@ class BartPreTrainedModel:
 
 
 class BartModel(BartPreTrainedModel):
+    """The bare encoder-decoder: returns the decoder's last hidden state (and the encoder's), no head. Built
+    from a `BartConfig` with seeded random weights, or with ``from_pretrained`` from a checkpoint folder or
+    hub id."""
     head = "base"
     module_class = BartModule
 
@@ -894,6 +908,9 @@ def _seq2seq_fields(out: Seq2SeqModelOutput) -> dict:
 
 
 class BartForConditionalGeneration(BartModel):
+    """BART with the language-model head tied to the shared embedding plus ``final_logits_bias``:
+    summarisation, translation, denoising. ``labels`` give the cross-entropy loss; ``generate`` decodes
+    with the checkpoint's generation defaults (``generation_config``)."""
     head = "conditional_generation"
     module_class = BartForConditionalGenerationModule
 
@@ -940,6 +957,9 @@ class BartForConditionalGeneration(BartModel):
 
 
 class BartForSequenceClassification(BartModel):
+    """BART with a classification head on the decoder state at the last ``eos`` token (e.g. bart-large-mnli).
+    The loss (regression, single- or multi-label) is chosen per call from ``config.problem_type`` when set,
+    else from ``num_labels`` and the labels' dtype."""
     head = "sequence_classification"
     module_class = BartForSequenceClassificationModule
 
@@ -992,6 +1012,8 @@ def classification_loss(logits, labels, config: BartConfig):
 
 
 class BartForQuestionAnswering(BartModel):
+    """BART with a span head: start and end logits per token; ``start_positions`` / ``end_positions`` give the
+    averaged cross-entropy loss (positions clamped to the sequence, as the reference)."""
     head = "question_answering"
     module_class = BartForQuestionAnsweringModule
 

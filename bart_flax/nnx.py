@@ -160,6 +160,7 @@ class BartPreTrainedModel(nnx.Module):
 
 
 class BartModel(BartPreTrainedModel):
+    """NNX face of `bart_flax.BartModel` (the linen module through ``flax.nnx.bridge``)."""
     linen_class = linen.BartModel
 
     def encode(self, *args, train: bool = False, **kwargs):
@@ -170,6 +171,8 @@ class BartModel(BartPreTrainedModel):
 
 
 class BartForConditionalGeneration(BartModel):
+    """NNX face of `bart_flax.BartForConditionalGeneration` (the linen module through ``flax.nnx.bridge``);
+    ``generate`` as the linen class."""
     linen_class = linen.BartForConditionalGeneration
 
     def generate(self, *args, **kwargs):
@@ -178,14 +181,17 @@ class BartForConditionalGeneration(BartModel):
 
 
 class BartForSequenceClassification(BartModel):
+    """NNX face of `bart_flax.BartForSequenceClassification`."""
     linen_class = linen.BartForSequenceClassification
 
 
 class BartForQuestionAnswering(BartModel):
+    """NNX face of `bart_flax.BartForQuestionAnswering`."""
     linen_class = linen.BartForQuestionAnswering
 
 
 class BartForCausalLM(BartPreTrainedModel):
+    """NNX face of `bart_flax.BartForCausalLM`."""
     linen_class = linen.BartForCausalLM
 
     def generate(self, *args, **kwargs):

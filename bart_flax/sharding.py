@@ -30,6 +30,7 @@ LOGICAL_RULES: tuple[tuple[str, str | None], ...] = (
 
 
 def make_mesh(data: int = 1, model: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+    """A ``data`` x ``model`` ``jax.sharding.Mesh`` over the first ``data * model`` devices."""
     devices = list(jax.devices() if devices is None else devices)
     if len(devices) < data * model:
         raise ValueError(f"mesh {data}x{model} needs {data * model} devices, {len(devices)} available")
@@ -59,6 +60,8 @@ def logical_axes(path: tuple[str, ...], ndim: int) -> tuple[str | None, ...]:
 
 def to_partition_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
                       rules=LOGICAL_RULES) -> P:
+    """The ``PartitionSpec`` of one parameter from the logical names of its dimensions (``logical_axes``) through
+    ``rules``; a dimension that the mesh axis does not divide stays unsplit."""
     table = dict(rules)
     spec = []
     for name, dim in zip(axes, shape):
@@ -78,6 +81,7 @@ def param_shardings(params, mesh: Mesh, rules=LOGICAL_RULES):
 
 
 def shard_params(params, mesh: Mesh, rules=LOGICAL_RULES):
+    """Place a parameter tree on ``mesh`` with ``to_partition_spec`` for each leaf."""
     return jax.device_put(params, param_shardings(params, mesh, rules))
 
 
@@ -90,4 +94,5 @@ def shard_batch(batch, mesh: Mesh):
 
 
 def replicate(tree, mesh: Mesh):
+    """Place a tree on every device of ``mesh`` unsplit."""
     return jax.device_put(tree, NamedSharding(mesh, P()))

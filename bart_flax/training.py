@@ -20,6 +20,7 @@ from bart_flax.modeling import cross_entropy
 
 
 class TrainState(NamedTuple):
+    """What an optax training loop carries: parameters, optimizer state, the dropout key and the step."""
     params: Any
     opt_state: Any
     rng: jax.Array        # split once per step for dropout / layerdrop
@@ -54,4 +55,5 @@ def make_train_step(model, tx: optax.GradientTransformation, label_smoothing: fl
 
 
 def make_eval_step(model, label_smoothing: float = 0.0):
+    """A jitted function ``(params, batch) -> loss`` for evaluation (dropout off)."""
     return jax.jit(lambda params, batch: seq2seq_loss(model, params, batch, None, label_smoothing, train=False))

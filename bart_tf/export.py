@@ -26,6 +26,8 @@ from bart_core.generation import GenerationConfig, resolve_generation_config, re
 
 
 class GenerateModule(tf.Module):
+    """A ``tf.Module`` whose ``serving_default`` signature runs the model's ``generate`` (what
+    ``export_generate`` saves)."""
     def __init__(self, model, gen: GenerationConfig, jit_compile: bool = False):
         super().__init__(name="bart_generate")
         self.model = model  # tracks the variables

@@ -30,6 +30,9 @@ def _output_shapes(config: BartConfig) -> dict:
 
 class KerasModelMixin:
     # ------------------------------------------------------------------ .keras files, load_model, ModelCheckpoint
+    """Keras conventions for the five models: ``get_config`` / ``from_config`` (``.keras`` files,
+    ``load_model``, ``ModelCheckpoint``), ``export`` with named outputs, and a ``summary`` listing the
+    sub-layers."""
     def get_config(self) -> dict:
         gen = getattr(self, "generation_config", None)
         return {"name": self.name, "trainable": self.trainable,

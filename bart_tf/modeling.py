@@ -249,6 +249,8 @@ class BartLearnedPositionalEmbedding(keras.layers.Layer):
 
 # ============================================================ 3. attention
 class BartAttention(keras.layers.Layer):
+    """Multi-head attention (self- or cross-): query/key/value/output projections, scores scaled by ``head_dim
+    ** -0.5``, softmax in float32."""
     def __init__(self, config: BartConfig, num_heads: int, dropout: float, is_cross: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.dim, self.num_heads, self.is_cross = config.d_model, num_heads, is_cross
@@ -308,6 +310,8 @@ class BartAttention(keras.layers.Layer):
 
 # ============================================================ 4. encoder layer
 class BartEncoderLayer(keras.layers.Layer):
+    """One encoder block: self-attention, then the feed-forward network, each followed by a residual and a
+    layer norm (post-norm, as BART)."""
     def __init__(self, config: BartConfig, **kwargs):
         super().__init__(**kwargs)
         self.dim, self.ffn = config.d_model, config.encoder_ffn_dim
@@ -347,6 +351,8 @@ class BartEncoderLayer(keras.layers.Layer):
 
 # ============================================================ 5. decoder layer
 class BartDecoderLayer(keras.layers.Layer):
+    """One decoder block: causal self-attention (with the KV cache), cross-attention over the encoder states,
+    the feed-forward network; post-norm residuals."""
     def __init__(self, config: BartConfig, **kwargs):
         super().__init__(**kwargs)
         self.dim, self.ffn = config.d_model, config.decoder_ffn_dim
@@ -410,6 +416,7 @@ def _layerdrop(layer_out, hidden, rate: float, seed, training: bool):
 
 
 class BartEncoder(keras.layers.Layer):
+    """Token and position embeddings, the embedding layer norm and ``encoder_layers`` encoder blocks."""
     def __init__(self, config: BartConfig, embed_tokens: BartScaledWordEmbedding, **kwargs):
         super().__init__(**kwargs)
         self.config = config
@@ -459,6 +466,8 @@ class BartEncoder(keras.layers.Layer):
 
 # ============================================================ 7. decoder
 class BartDecoder(keras.layers.Layer):
+    """Token and position embeddings, the embedding layer norm and ``decoder_layers`` decoder blocks, with an
+    explicit KV cache for incremental decoding."""
     def __init__(self, config: BartConfig, embed_tokens: Optional[BartScaledWordEmbedding] = None, **kwargs):
         super().__init__(**kwargs)
         self.config = config
@@ -770,6 +779,9 @@ class BartPreTrainedModel(PretrainedMixin, KerasModelMixin, KerasTrainingMixin, 
 
 @keras.saving.register_keras_serializable(package="bart3")
 class BartModel(BartPreTrainedModel):
+    """The bare encoder-decoder: returns the decoder's last hidden state (and the encoder's), no head. Built
+    from a `BartConfig` with seeded random weights, or with ``from_pretrained`` from a checkpoint folder or
+    hub id."""
     head = "base"
     output_names_for_predict = ("last_hidden_state",)
 
@@ -797,6 +809,9 @@ class BartModel(BartPreTrainedModel):
 
 @keras.saving.register_keras_serializable(package="bart3")
 class BartForConditionalGeneration(GenerationMixin, BartPreTrainedModel):
+    """BART with the language-model head tied to the shared embedding plus ``final_logits_bias``:
+    summarisation, translation, denoising. ``labels`` give the cross-entropy loss; ``generate`` decodes
+    with the checkpoint's generation defaults (``generation_config``)."""
     head = "conditional_generation"
     output_names_for_predict = ("logits",)
 
@@ -841,6 +856,7 @@ class BartForConditionalGeneration(GenerationMixin, BartPreTrainedModel):
 
 
 class BartClassificationHead(keras.layers.Layer):
+    """Dense, tanh, dropout and the output projection applied to the decoder state at the last ``eos`` token."""
     def __init__(self, config: BartConfig, **kwargs):
         super().__init__(**kwargs)
         self.dim = config.d_model
@@ -863,6 +879,9 @@ class BartClassificationHead(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="bart3")
 class BartForSequenceClassification(BartPreTrainedModel):
+    """BART with a classification head on the decoder state at the last ``eos`` token (e.g. bart-large-mnli).
+    The loss (regression, single- or multi-label) is chosen per call from ``config.problem_type`` when set,
+    else from ``num_labels`` and the labels' dtype."""
     head = "sequence_classification"
     output_names_for_predict = ("logits",)
 
@@ -922,6 +941,8 @@ class BartForSequenceClassification(BartPreTrainedModel):
 
 @keras.saving.register_keras_serializable(package="bart3")
 class BartForQuestionAnswering(BartPreTrainedModel):
+    """BART with a span head: start and end logits per token; ``start_positions`` / ``end_positions`` give the
+    averaged cross-entropy loss (positions clamped to the sequence, as the reference)."""
     head = "question_answering"
     output_names_for_predict = ("start_logits", "end_logits")
 
@@ -973,6 +994,8 @@ class BartForQuestionAnswering(BartPreTrainedModel):
 
 @keras.saving.register_keras_serializable(package="bart3")
 class BartForCausalLM(CausalGenerationMixin, BartPreTrainedModel):
+    """The BART decoder alone as a left-to-right language model (``config.is_decoder`` is set on its copy of
+    the config); ``generate`` continues a prompt."""
     head = "causal_lm"
     output_names_for_predict = ("logits",)
 

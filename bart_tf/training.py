@@ -26,6 +26,8 @@ IGNORE_INDEX = -100
 
 
 class KerasTrainingMixin:
+    """``compile`` / ``fit`` / ``evaluate`` support: the model's own loss when none is compiled, ``y`` moved
+    into the label arguments as the reference TF classes did, metrics computed from the logits."""
     output_names_for_predict: tuple = ()
 
     @property

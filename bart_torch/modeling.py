@@ -408,6 +408,8 @@ class BartAttention(nn.Module):
 
 
 class BartEncoderLayer(nn.Module):
+    """One encoder block: self-attention, then the feed-forward network, each followed by a residual and a
+    layer norm (post-norm, as BART)."""
     def __init__(self, config: BartConfig):
         super().__init__()
         d = config.d_model
@@ -437,6 +439,8 @@ class BartEncoderLayer(nn.Module):
 
 
 class BartDecoderLayer(nn.Module):
+    """One decoder block: causal self-attention (with the KV cache), cross-attention over the encoder states,
+    the feed-forward network; post-norm residuals."""
     def __init__(self, config: BartConfig):
         super().__init__()
         d = config.d_model
@@ -815,6 +819,9 @@ class BartPreTrainedModel(nn.Module):
 
 
 class BartModel(BartPreTrainedModel):
+    """The bare encoder-decoder: returns the decoder's last hidden state (and the encoder's), no head. Built
+    from a `BartConfig` with seeded random weights, or with ``from_pretrained`` from a checkpoint folder or
+    hub id."""
     head = "base"
 
     def __init__(self, config: BartConfig, init_weights: bool = True):
@@ -888,6 +895,9 @@ def _seq2seq_fields(out: Seq2SeqModelOutput) -> dict:
 
 
 class BartForConditionalGeneration(BartPreTrainedModel):
+    """BART with the language-model head tied to the shared embedding plus ``final_logits_bias``:
+    summarisation, translation, denoising. ``labels`` give the cross-entropy loss; ``generate`` decodes
+    with the checkpoint's generation defaults (``generation_config``)."""
     head = "conditional_generation"
 
     def __init__(self, config: BartConfig):
@@ -929,6 +939,7 @@ class BartForConditionalGeneration(BartPreTrainedModel):
 
 
 class BartClassificationHead(nn.Module):
+    """Dense, tanh, dropout and the output projection applied to the decoder state at the last ``eos`` token."""
     def __init__(self, config: BartConfig):
         super().__init__()
         self.dense = nn.Linear(config.d_model, config.d_model)
@@ -941,6 +952,9 @@ class BartClassificationHead(nn.Module):
 
 
 class BartForSequenceClassification(BartPreTrainedModel):
+    """BART with a classification head on the decoder state at the last ``eos`` token (e.g. bart-large-mnli).
+    The loss (regression, single- or multi-label) is chosen per call from ``config.problem_type`` when set,
+    else from ``num_labels`` and the labels' dtype."""
     head = "sequence_classification"
 
     def __init__(self, config: BartConfig):
@@ -993,6 +1007,8 @@ class BartForSequenceClassification(BartPreTrainedModel):
 
 
 class BartForQuestionAnswering(BartPreTrainedModel):
+    """BART with a span head: start and end logits per token; ``start_positions`` / ``end_positions`` give the
+    averaged cross-entropy loss (positions clamped to the sequence, as the reference)."""
     head = "question_answering"
 
     def __init__(self, config: BartConfig):
@@ -1034,6 +1050,8 @@ class _DecoderHolder(nn.Module):
 
 
 class BartForCausalLM(BartPreTrainedModel):
+    """The BART decoder alone as a left-to-right language model (``config.is_decoder`` is set on its copy of
+    the config); ``generate`` continues a prompt."""
     head = "causal_lm"
 
     def __init__(self, config: BartConfig):
