@@ -107,6 +107,15 @@ def backend(request):
     return b
 
 
+@pytest.fixture
+def reference_tf_tensors(monkeypatch):
+    """Let the reference return TensorFlow tensors in this test: test_torch / test_flax set USE_TF=0 when they are
+    collected (to keep transformers from importing TF there), which transformers reads once at its import."""
+    pytest.importorskip("tensorflow")
+    import transformers.utils.import_utils as iu
+    monkeypatch.setattr(iu, "_tf_available", True)
+
+
 @pytest.fixture(scope="session")
 def reference_checkpoint(tmp_path_factory):
     """``reference_checkpoint(head, config, seed, **overrides)`` -> directory written by transformers; cached."""

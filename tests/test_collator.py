@@ -59,9 +59,11 @@ def _assert_batches_equal(ours: dict, expected: dict, kind: str):
     dict(), dict(pad_to_multiple_of=8), dict(padding="max_length", max_length=24), dict(padding="longest"),
     dict(label_pad_token_id=-1, pad_to_multiple_of=3),
 ])
-def test_collator_matches_reference(tok, ref_tok, ref_model, kind, options):
+def test_collator_matches_reference(tok, ref_tok, ref_model, kind, options, request):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip({"np": "numpy", "pt": "torch", "tf": "tensorflow", "jax": "jax"}[kind])
+    if kind == "tf":
+        request.getfixturevalue("reference_tf_tensors")
     ref_kind = "np" if kind == "jax" else kind  # the reference's jax labels are numpy; compare values
     for model in (None, "model"):
         ref = transformers.DataCollatorForSeq2Seq(ref_tok, return_tensors=ref_kind, **options)

@@ -446,8 +446,10 @@ def test_prepare_seq2seq_batch_and_as_target_tokenizer(tok, tokenizer_dir):
 
 
 @pytest.mark.parametrize("kind", ["np", "pt", "tf", "jax"])
-def test_encode_return_tensors(tok, ref_fast, kind):
+def test_encode_return_tensors(tok, ref_fast, kind, request):
     pytest.importorskip({"np": "numpy", "pt": "torch", "tf": "tensorflow", "jax": "jax"}[kind])
+    if kind == "tf":
+        request.getfixturevalue("reference_tf_tensors")
     ours = tok.encode("Hello world", "again", return_tensors=kind)
     expected = ref_fast.encode("Hello world", "again", return_tensors=kind)
     assert tuple(ours.shape) == tuple(expected.shape) == (1, 7)
