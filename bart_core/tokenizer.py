@@ -1129,12 +1129,7 @@ class _BartTokenizerBase:
         right = self.truncation_side == "right"
         overflowing: list[int] = []
         if strategy == "only_first" or (strategy == "longest_first" and pair_ids is None):
-            if len(ids) <= num_tokens_to_remove:
-                raise ValueError(f"cannot remove {num_tokens_to_remove} tokens: the first sequence has "
-                                 f"{len(ids)}; use another truncation strategy or a larger max_length")
-            window = min(len(ids), stride + num_tokens_to_remove)
-            overflowing = ids[-window:] if right else ids[:window]
-            ids = ids[:-num_tokens_to_remove] if right else ids[num_tokens_to_remove:]
+            ids, overflowing = _cut_one(ids, num_tokens_to_remove, stride, right, "first")
         elif strategy == "longest_first":
             first_remove = min(abs(len(pair_ids) - len(ids)), num_tokens_to_remove)
             second_remove = num_tokens_to_remove - first_remove
@@ -1150,12 +1145,7 @@ class _BartTokenizerBase:
             else:
                 ids, pair_ids = ids[ids_to_move:], pair_ids[pair_to_move:]
         elif strategy == "only_second" and pair_ids is not None:
-            if len(pair_ids) <= num_tokens_to_remove:
-                raise ValueError(f"cannot remove {num_tokens_to_remove} tokens: the second sequence has "
-                                 f"{len(pair_ids)}; use another truncation strategy or a larger max_length")
-            window = min(len(pair_ids), stride + num_tokens_to_remove)
-            overflowing = pair_ids[-window:] if right else pair_ids[:window]
-            pair_ids = pair_ids[:-num_tokens_to_remove] if right else pair_ids[num_tokens_to_remove:]
+            pair_ids, overflowing = _cut_one(pair_ids, num_tokens_to_remove, stride, right, "second")
         return ids, pair_ids, overflowing
 
     def prepare_for_model(self, ids: list[int], pair_ids: list[int] | None = None, add_special_tokens: bool = True,
@@ -1458,3 +1448,13 @@ def _to_tensors(data: dict, return_tensors: str, prepend_batch_axis: bool = Fals
         return {k: None if a is None else tf.constant(a) for k, a in small.items()}
     import jax.numpy as jnp
     return {k: None if a is None else jnp.asarray(a) for k, a in small.items()}
+
+
+def _cut_one(seq: list[int], n: int, stride: int, right: bool, which: str) -> tuple[list[int], list[int]]:
+    """``(seq without n tokens on the truncation side, the overflowing window of n + stride tokens)``."""
+    if len(seq) <= n:
+        raise ValueError(f"cannot remove {n} tokens: the {which} sequence has {len(seq)}; use another truncation "
+                         "strategy or a larger max_length")
+    window = min(len(seq), stride + n)
+    overflowing = seq[-window:] if right else seq[:window]
+    return (seq[:-n] if right else seq[n:]), overflowing
