@@ -11,6 +11,8 @@ the transpose (``kind == "linear"`` tells a converter to transpose). Learned pos
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
 
 from bart_core.config import BartConfig
 
@@ -108,3 +110,29 @@ def head_param_names(config: BartConfig, head: str) -> list[str]:
     if head == "causal_lm":
         base = {s.name for s in param_table(config, "causal_lm") if s.name != "lm_head.weight"}
     return [s.name for s in param_table(config, head) if s.name not in base]
+
+
+@lru_cache(maxsize=None)
+def _every_spec() -> tuple[tuple[str, ParamSpec], ...]:
+    """``(head, spec)`` for every parameter of every head of a one-layer model: each name pattern of the table
+    (deeper layers repeat the first one's)."""
+    config = BartConfig(encoder_layers=1, decoder_layers=1)
+    return tuple((head, spec) for head in HEADS for spec in param_table(config, head))
+
+
+def invert_leaves(stored_leaf: Callable[[ParamSpec, str], tuple[str, bool]]) -> dict[str, tuple[str, bool]]:
+    """The inverse of a file format's leaf rule, derived from the table rather than written again.
+
+    ``stored_leaf(spec, head)`` -> ``(leaf name in the file, transposed?)`` is the format's forward rule (``kernel``
+    for a linear weight, ...). Returns ``{leaf name in the file: (canonical leaf, transposed?)}``, the canonical
+    leaf being the last component of the canonical name (``weight``, ``bias``, ``final_logits_bias``). A
+    ``ValueError`` if the rule stores two different canonical leaves, or one leaf both transposed and not, under
+    the same file leaf: such a rule could not be read back."""
+    out: dict[str, tuple[str, bool]] = {}
+    for head, spec in _every_spec():
+        leaf, transpose = stored_leaf(spec, head)
+        back = (spec.name.rsplit(".", 1)[-1], transpose)
+        if out.setdefault(leaf, back) != back:
+            raise ValueError(f"leaf {leaf!r} stands for {out[leaf]} and for {back} ({spec.name}): the rule is not "
+                             "invertible")
+    return out

@@ -43,6 +43,7 @@ from bart_core.checkpoint import (
     WEIGHT_FILES,
 )
 from bart_core.config import BartConfig
+from bart_core.denoising import convert_batch
 from conversion.convert import (
     HEAD_ARCHITECTURE,
     ConversionError,
@@ -54,6 +55,7 @@ from conversion.convert import (
 BACKENDS = ("torch", "tf", "flax")
 BACKEND_PACKAGES = {"torch": "bart_torch", "tf": "bart_tf", "flax": "bart_flax"}
 FRAMEWORKS = {"torch": "torch", "tf": "tensorflow", "flax": "flax"}
+TENSOR_TYPES = {"torch": "pt", "tf": "tf", "flax": "jax"}  # bart_core's names of each backend's tensors
 NATIVE_FILES = {"torch": (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, PT_WEIGHTS_NAME), "tf": (TF_WEIGHTS_NAME,),
                 "flax": (FLAX_WEIGHTS_NAME,)}
 FILE_BACKEND = {f: b for b, files in NATIVE_FILES.items() for f in files}
@@ -208,17 +210,6 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def _framework_inputs(backend: str, inputs: dict[str, np.ndarray]) -> dict:
-    if backend == "torch":
-        import torch
-        return {k: torch.from_numpy(v) for k, v in inputs.items()}
-    if backend == "tf":
-        import tensorflow as tf
-        return {k: tf.constant(v) for k, v in inputs.items()}
-    import jax.numpy as jnp
-    return {k: jnp.asarray(v) for k, v in inputs.items()}
-
-
 def run_backend(backend: str, directory: str, head: str, inputs: dict[str, np.ndarray],
                 generate: bool = True) -> dict[str, np.ndarray]:
     """Load ``directory`` in ``backend`` and return the compared outputs as numpy."""
@@ -230,10 +221,10 @@ def run_backend(backend: str, directory: str, head: str, inputs: dict[str, np.nd
     feed = dict(inputs)
     if head == "causal_lm":
         feed = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-    fw = _framework_inputs(backend, feed)
+    fw = convert_batch(feed, TENSOR_TYPES[backend])
     extra = {"training": False} if backend == "tf" else {}
     out: dict[str, np.ndarray] = {}
-    ctx = __import__("torch").no_grad() if backend == "torch" else _nullcontext()
+    ctx = __import__("torch").no_grad() if backend == "torch" else contextlib.nullcontext()
     with ctx:
         result = model(**fw, **extra)
         for name in HEAD_OUTPUTS[head]:
@@ -241,22 +232,12 @@ def run_backend(backend: str, directory: str, head: str, inputs: dict[str, np.nd
             if value is not None:
                 out[name] = _to_numpy(value).astype(np.float32)
         if generate and head == "conditional_generation":
-            g = _framework_inputs(backend, {"input_ids": inputs["input_ids"],
-                                            "attention_mask": inputs["attention_mask"]})
-            seq = model.generate(g["input_ids"], attention_mask=g["attention_mask"], max_new_tokens=MAX_NEW_TOKENS,
+            seq = model.generate(fw["input_ids"], attention_mask=fw["attention_mask"], max_new_tokens=MAX_NEW_TOKENS,
                                  num_beams=1, do_sample=False)
             out["generation"] = _to_numpy(getattr(seq, "sequences", seq)).astype(np.int64)
     del model, result
     gc.collect()
     return out
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ----------------------------------------------------------------------------------------- comparisons

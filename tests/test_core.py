@@ -118,6 +118,43 @@ def test_head_param_names():
     assert "lm_head.weight" in head_param_names(c, "conditional_generation")
 
 
+@pytest.mark.parametrize("head", list(HEADS))
+def test_every_name_round_trips_through_tf_h5_and_flax_msgpack(head, tmp_path):
+    """The reverse maps of the two formats are derived from the table: every name of every head, and a written
+    file of each head, come back as they went in (PyTorch layout, ``model.`` prefix on base names in h5)."""
+    from bart_core.formats.flax_msgpack import (
+        flax_canonical,
+        flax_path,
+        read_flax_msgpack,
+        write_flax_msgpack,
+    )
+    from bart_core.formats.tf_h5 import h5_canonical, h5_entry, read_tf_h5, write_tf_h5
+    config = tiny_config(tie_word_embeddings=head != "causal_lm")  # causal_lm: an untied, stored lm_head too
+    h5_name = (lambda n: "model." + n) if head == "base" else (lambda n: n)
+    for spec in param_table(config, head):
+        _, weight_name, transpose = h5_entry(spec.name, spec.kind, head)
+        assert h5_canonical(weight_name) == (h5_name(spec.name), transpose), weight_name
+        path, transpose = flax_path(spec.name, spec.kind)
+        assert flax_canonical(path) == (spec.name, transpose), path
+        assert transpose == (spec.kind == "linear" or spec.name == "lm_head.weight")
+    state = _random_state(config, head)
+    write_tf_h5(state, config, head, tmp_path / "tf_model.h5")
+    write_flax_msgpack(state, config, head, tmp_path / "flax_model.msgpack")
+    for back, name in ((read_tf_h5(tmp_path / "tf_model.h5"), h5_name), (read_flax_msgpack(tmp_path /
+                                                                                          "flax_model.msgpack"), str)):
+        assert back.keys() == {name(k) for k in state}
+        assert all(np.array_equal(back[name(k)], v) for k, v in state.items())
+
+
+def test_invert_leaves_refuses_a_rule_that_cannot_be_read_back():
+    from bart_core.names import invert_leaves
+    assert invert_leaves(lambda spec, head: (spec.kind, False))["linear"] == ("weight", False)
+    with pytest.raises(ValueError, match="not invertible"):
+        invert_leaves(lambda spec, head: ("w", False))  # weight and bias under one leaf
+    with pytest.raises(ValueError, match="not invertible"):
+        invert_leaves(lambda spec, head: (spec.name.rsplit(".", 1)[-1], spec.kind == "linear"))
+
+
 # ------------------------------------------------------------------------------------------------ checkpoint IO
 
 
@@ -165,6 +202,39 @@ def test_bfloat16_rounding_and_widening():
     assert np.allclose(back, x, rtol=2 ** -8) and back[0] == 1.0 and back[1] == -2.5
     torch = pytest.importorskip("torch")
     assert np.array_equal(back, torch.from_numpy(x).bfloat16().float().numpy())
+
+
+def test_safetensors_bfloat16_beside_other_dtypes(tmp_path):
+    """bfloat16 is read by our own path, the other dtypes by the safetensors package, in one file: both give
+    fresh arrays, bfloat16 kept (ml_dtypes) or widened exactly."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from safetensors.numpy import save_file
+    x = np.array([[1.0, -2.5], [3.140625, 0.0]], np.float32)  # exact in bfloat16
+    state = {"bf": x.astype(ml_dtypes.bfloat16), "f32": x, "i64": np.arange(3, dtype=np.int64),
+             "empty": np.zeros((0, 4), np.float16)}
+    write_safetensors(state, tmp_path)
+    save_file(state, str(tmp_path / "theirs.safetensors"))
+    for path in (tmp_path / "model.safetensors", tmp_path / "theirs.safetensors"):
+        kept = read_safetensors(str(path), keep_bf16=True)
+        assert kept["bf"].dtype == np.dtype(ml_dtypes.bfloat16) and np.array_equal(kept["bf"].astype(np.float32), x)
+        wide = read_safetensors(str(path))
+        assert wide["bf"].dtype == np.float32 and np.array_equal(wide["bf"], x)
+        for k in ("f32", "i64", "empty"):
+            assert wide[k].dtype == state[k].dtype and np.array_equal(wide[k], state[k]), k
+        wide["f32"][0, 0] = 7.0  # a fresh array: the next read is unchanged
+        assert read_safetensors(str(path))["f32"][0, 0] == 1.0
+
+
+def test_safetensors_metadata_maps_strings_to_strings(tmp_path):
+    """The safetensors library refuses other metadata, so we neither write nor read it."""
+    with pytest.raises(CheckpointError, match="metadata"):
+        write_safetensors({"x": np.ones(2, np.float32)}, tmp_path, metadata={"step": 5})
+    assert not (tmp_path / "model.safetensors").exists()
+    header = json.dumps({"__metadata__": {"step": 5}, "x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header.encode() + np.ones(2, np.float32).tobytes())
+    with pytest.raises(CheckpointError, match=f"{path}: corrupt safetensors header"):
+        read_safetensors(str(path))
 
 
 def test_truncated_and_corrupt_safetensors_are_named(tmp_path):
@@ -314,6 +384,85 @@ def test_library_never_imports_transformers():
                     if "import transformers" in text or "from transformers" in text:
                         offenders.append(os.path.join(dirpath, f))
     assert offenders == []
+
+
+IMPORT_PACKAGES = ("bart_core", "conversion", "bart_torch", "bart_tf", "bart_flax")
+# Circles not removed yet (issue #17): TF's io reads canonical_variables from modeling inside a function, and
+# modeling's mixins import io and keras_model (which imports io). Drop an entry once it is gone.
+KNOWN_CIRCLES = {
+    "bart_tf.io -> bart_tf.modeling -> bart_tf.io",
+    "bart_tf.io -> bart_tf.modeling -> bart_tf.keras_model -> bart_tf.io",
+}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """``{module: modules of IMPORT_PACKAGES it imports}``, top-level and inside functions (ast, nothing is run).
+    A module's own parent packages are not edges (Python imports them first anyway); ``from pkg import name``
+    is an edge to the submodule ``pkg.name`` when there is one, else to ``pkg``."""
+    import ast
+    files = {}
+    for pkg in IMPORT_PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = []
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package, up level - 1 packages
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                targets += [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+        graph[name] = set()
+        for target in targets:
+            while target and target not in files:
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):
+                graph[name].add(target)
+    return graph
+
+
+def _import_circles() -> set[str]:
+    """Every import circle as ``"a -> b -> a"``: the shortest one through each module (breadth first), written
+    from its first module in sorted order."""
+    graph, circles = _import_graph(), set()
+    for start in graph:
+        reached_from: dict[str, str] = {}
+        queue = [start]
+        while queue and start not in reached_from:
+            node = queue.pop(0)
+            for nxt in sorted(graph[node] - reached_from.keys()):
+                reached_from[nxt] = node
+                queue.append(nxt)
+        if start in reached_from:
+            cycle, node = [], reached_from[start]
+            while node != start:
+                cycle.append(node)
+                node = reached_from[node]
+            cycle = [start] + cycle[::-1]
+            i = cycle.index(min(cycle))
+            cycle = cycle[i:] + cycle[:i]
+            circles.add(" -> ".join(cycle + cycle[:1]))
+    return circles
+
+
+def test_no_module_imports_a_module_that_imports_it_back():
+    """bart_core and conversion have no circle (the formats import nothing from checkpoint, not even inside a
+    function); the backends none beyond the ones being removed (KNOWN_CIRCLES)."""
+    graph = _import_graph()
+    assert graph["bart_core.checkpoint"] >= {"bart_core.formats.safetensors", "bart_core.formats.tf_h5"}
+    assert [m for m in graph if m.startswith("bart_core.formats") and "bart_core.checkpoint" in graph[m]] == []
+    assert _import_circles() - KNOWN_CIRCLES == set()
+
+
+@pytest.mark.xfail(strict=False, reason="known circles being removed (issue #17): " + "; ".join(sorted(KNOWN_CIRCLES)))
+def test_no_import_circles_are_left():
+    assert _import_circles() == set()
 
 
 def test_resolve_lengths_counts_the_prompt_and_reads_the_reference_default():

@@ -32,7 +32,7 @@ from bart_core.config import BartConfig
 from bart_core.errors import CheckpointError
 from bart_core.fileio import atomic_path
 from bart_core.formats.safetensors import LazyTensor, bf16_to_float32, bfloat16
-from bart_core.names import param_table
+from bart_core.names import HEADS, ParamSpec, invert_leaves, param_table
 
 EXT_NDARRAY = 1
 EXT_NPSCALAR = 3
@@ -76,6 +76,24 @@ def flax_mapping(config: BartConfig, head: str) -> list[tuple[str, tuple[str, ..
     return [(s.name, *flax_path(s.name, s.kind)) for s in param_table(config, head) if s.stored]
 
 
+def _stored_leaf(spec: ParamSpec, head: str) -> tuple[str, bool]:
+    path, transpose = flax_path(spec.name, spec.kind)
+    return path[-1], transpose
+
+
+# flax leaf -> (canonical leaf, transposed?): the inverse of ``flax_path`` over the name table
+LEAF_BACK = invert_leaves(_stored_leaf)
+
+
+def flax_canonical(path: tuple[str, ...]) -> tuple[str, bool]:
+    """Tree path -> (canonical name, transposed?): the inverse of ``flax_path``. A path whose leaf the table does
+    not know keeps its dotted path (reported as unexpected if unused)."""
+    if path[-1] not in LEAF_BACK:
+        return ".".join(path), False
+    leaf, transposed = LEAF_BACK[path[-1]]
+    return ".".join(path[:-1] + (leaf,)), transposed
+
+
 # ----------------------------------------------------------------------------------------- decoding
 def _dtype(name: bytes | str) -> np.dtype:
     name = name.decode() if isinstance(name, bytes) else name
@@ -89,7 +107,6 @@ def _array_from_ext(data: bytes) -> np.ndarray:
     shape, dtype_name, buf = msgpack.unpackb(data, raw=True)
     arr = np.frombuffer(buf, dtype=_dtype(dtype_name)).reshape(shape)
     if (dtype_name.decode() if isinstance(dtype_name, bytes) else dtype_name) == "bfloat16":
-        from bart_core.formats.safetensors import bf16_to_float32
         arr = bf16_to_float32(arr)
     return arr
 
@@ -145,15 +162,10 @@ def read_flax_msgpack(path: str | os.PathLike) -> dict[str, np.ndarray]:
             msgpack.exceptions.UnpackException) as e:  # every way a corrupt tree fails to decode
         detail = str(e).splitlines()[0][:200] if str(e) else ""
         raise CheckpointError(f"{path}: not a flax msgpack checkpoint ({type(e).__name__}: {detail})") from None
-    leaf_to_kind = {"kernel": True, "embedding": False, "scale": False, "bias": False}
     out = {}
     for p, arr in flat.items():
-        leaf = p[-1]
-        if leaf in leaf_to_kind:
-            name = ".".join(p[:-1]) + (".bias" if leaf == "bias" else ".weight")
-            out[name] = np.ascontiguousarray(arr.T) if leaf_to_kind[leaf] else arr
-        else:  # final_logits_bias and anything unknown keep their path (reported as unexpected if unused)
-            out[".".join(p)] = arr
+        name, transposed = flax_canonical(p)
+        out[name] = np.ascontiguousarray(arr.T) if transposed else arr
     return out
 
 
@@ -240,8 +252,6 @@ def open_file(path: str, config: BartConfig) -> dict[str, LazyTensor] | None:
     """``{canonical name: LazyTensor}`` reading one msgpack leaf per load, located through the declared
     ``flax_msgpack.flax_mapping`` of every head; ``None`` for anything else (chunked leaves, unknown paths)."""
     import msgpack
-
-    from bart_core.names import HEADS
 
     known: dict[tuple[str, ...], tuple[str, bool]] = {}
     for head in reversed(HEADS):

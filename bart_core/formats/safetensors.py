@@ -10,7 +10,17 @@ conversion alike.
   dict or a read-on-access mapping), written and released.
 
 bfloat16 is read as ``ml_dtypes.bfloat16`` when ``keep_bf16`` and ml_dtypes exist, else widened to float32 exactly.
-The ``safetensors`` package is not used here: its numpy API has no bfloat16, and its errors do not name the tensor.
+
+What the ``safetensors`` package does and what stays ours:
+
+* reading: every tensor but bfloat16 is read with ``safe_open(framework="np").get_tensor`` (a fresh array per
+  load), and every file is opened by the package once up front, so a file it refuses is refused here too. Our
+  ``read_header`` runs first: its errors name the file, the tensor and the flaw (the package's do not name the
+  file).
+* bfloat16 stays a ``pread`` of the raw bits: the package's numpy API returns bfloat16 only when ml_dtypes is
+  installed (not a dependency of bart_core), and ``keep_bf16=False`` wants float32 anyway.
+* writing stays ours: ``safetensors.numpy.save_file`` / ``serialize_file`` take every tensor at once, while
+  conversion streams tensors read on access one at a time (the file of a large model is never in memory whole).
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from bart_core.errors import CheckpointError
 
@@ -106,8 +117,8 @@ def read_header(path: str) -> tuple[int, dict]:
     ranges = []
     for name, info in header.items():
         if name == "__metadata__":
-            if info is not None and not isinstance(info, dict):
-                raise _error(f"{path}: corrupt safetensors header (__metadata__ is not an object)")
+            if info is not None and not (isinstance(info, dict) and all(isinstance(v, str) for v in info.values())):
+                raise _error(f"{path}: corrupt safetensors header (__metadata__ is not an object of strings)")
             continue
         try:
             st, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
@@ -138,31 +149,46 @@ def read_header(path: str) -> tuple[int, dict]:
     return 8 + n, header
 
 
+def _package_open(path: str):
+    """``safe_open(path, framework="np")``; a refusal of the package is a ``CheckpointError`` naming the file."""
+    try:
+        return safe_open(path, framework="np")
+    except (SafetensorError, OSError) as e:
+        raise _error(f"{path}: corrupt safetensors file (the safetensors library refuses it: {e})") from None
+
+
 def open_file(path: str, keep_bf16: bool = True) -> dict[str, LazyTensor]:
-    """``{name: LazyTensor}`` for one safetensors file; each load is one ``pread`` into a fresh buffer."""
+    """``{name: LazyTensor}`` for one safetensors file; each load reads one tensor into a fresh array."""
     offset, header = read_header(path)
+    with _package_open(path):  # the package's own checks, up front rather than at the first load
+        pass
     bf = bfloat16() if keep_bf16 else None
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
         st, shape = info["dtype"], tuple(info["shape"])
-        start, _ = info["data_offsets"]
-        raw_dtype = np.dtype(np.uint16) if st == "BF16" else np.dtype(ST_TO_NP[st])
+        if st != "BF16":
+            def load(name=name) -> np.ndarray:
+                with _package_open(path) as f:
+                    try:
+                        return f.get_tensor(name)
+                    except SafetensorError as e:
+                        raise _error(f"{path}: cannot read tensor {name!r} ({e})") from None
 
-        def load(start=offset + start, shape=shape, raw_dtype=raw_dtype, st=st, name=name) -> np.ndarray:
-            arr = np.empty(shape, raw_dtype)
-            view = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
+            out[name] = LazyTensor(shape, np.dtype(ST_TO_NP[st]), load)
+            continue
+
+        def load_bf16(start=offset + info["data_offsets"][0], shape=shape, name=name) -> np.ndarray:
+            raw = np.empty(shape, np.uint16)
+            view = memoryview(raw.reshape(-1).view(np.uint8)) if raw.size else memoryview(b"")
             with open(path, "rb") as f:
                 f.seek(start)
-                if f.readinto(view) != arr.nbytes:
+                if f.readinto(view) != raw.nbytes:
                     raise _error(f"{path}: truncated while reading tensor {name!r}")
-            if st == "BF16":
-                return arr.view(bf) if bf is not None else bf16_to_float32(arr)
-            return arr
+            return raw.view(bf) if bf is not None else bf16_to_float32(raw)
 
-        dtype = (bf if bf is not None else np.dtype(np.float32)) if st == "BF16" else raw_dtype
-        out[name] = LazyTensor(shape, dtype, load)
+        out[name] = LazyTensor(shape, bf if bf is not None else np.dtype(np.float32), load_bf16)
     return out
 
 
@@ -223,7 +249,10 @@ def write_file(path: str, tensors: Mapping[str, np.ndarray], specs: Mapping | No
     comes from ``specs`` (``{name: (shape, dtype)}``, default: the arrays of ``tensors``); then each tensor is read
     from ``tensors``, checked against its spec, written and released."""
     specs = _specs_of(tensors) if specs is None else specs
-    header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+    metadata = dict(metadata or {"format": "pt"})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise _error(f"metadata {metadata!r:.200}: safetensors metadata maps strings to strings")
+    header: dict = {"__metadata__": metadata}
     pos = 0
     for name, (shape, dtype) in specs.items():
         n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize

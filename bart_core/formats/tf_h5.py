@@ -29,7 +29,7 @@ from bart_core.config import BartConfig
 from bart_core.errors import CheckpointError
 from bart_core.fileio import atomic_path
 from bart_core.formats.safetensors import LazyTensor
-from bart_core.names import BASE_PREFIX, param_table
+from bart_core.names import BASE_PREFIX, HEADS, ParamSpec, invert_leaves, param_table
 
 KERAS_VERSION = "2.21.0"
 MODEL_NAMES = {  # head -> Keras model name of the reference class (first component of weight names)
@@ -43,8 +43,6 @@ MODEL_NAMES = {  # head -> Keras model name of the reference class (first compon
 _LEAF = {"linear": ("kernel", True), "bias": ("bias", False), "norm_weight": ("gamma", False),
          "norm_bias": ("beta", False), "embedding": ("embeddings", False), "position": ("embeddings", False),
          "logits_bias": ("final_logits_bias", False)}
-_LEAF_BACK = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias", "embeddings": "weight",
-              "weight": "weight"}
 
 
 def _path(dotted: str) -> list[str]:
@@ -76,19 +74,32 @@ def h5_table(config: BartConfig, head: str) -> list[tuple[str, str, str, bool]]:
     return [(s.name, *h5_entry(s.name, s.kind, head)) for s in param_table(config, head) if s.stored]
 
 
-def _canonical(weight_name: str) -> tuple[str, bool]:
-    """Weight name of any TF-BART h5 file -> (canonical name with ``model.`` prefix, transposed?)."""
+def _stored_leaf(spec: ParamSpec, head: str) -> tuple[str, bool]:
+    """(Keras variable name, transposed?) of one canonical tensor: ``.../fc1/kernel:0`` -> ``kernel``."""
+    _, weight_name, transpose = h5_entry(spec.name, spec.kind, head)
+    return weight_name.split(":")[0].rsplit("/", 1)[-1], transpose
+
+
+# Keras variable name -> (canonical leaf, transposed?): the inverse of ``h5_entry`` over the name table, plus the
+# ``weight`` that older files write for embeddings.
+LEAF_BACK = {**invert_leaves(_stored_leaf), "weight": ("weight", False)}
+
+
+def h5_canonical(weight_name: str) -> tuple[str, bool]:
+    """Weight name of any TF-BART h5 file -> (canonical name with ``model.`` prefix, transposed?): the inverse of
+    ``h5_entry``."""
     parts = weight_name.split(":")[0].split("/")
-    if parts[-1] == "final_logits_bias":
-        return "final_logits_bias", False
+    if parts[-1] == "final_logits_bias":  # a top-level weight, under whatever layer name the writer chose
+        parts = parts[-1:]
     if parts[0].startswith("tf_bart"):
         parts = parts[1:]
-    if parts[0] in ("model.shared", "shared"):
-        return "model.shared.weight", False
+    if parts[0] in ("model.shared", "shared"):  # the shared embedding's layer is named after its canonical module
+        parts = ["model", "shared", parts[-1]]
     *module, leaf = parts
-    if leaf not in _LEAF_BACK:
+    if leaf not in LEAF_BACK:
         raise ValueError(f"unknown variable {leaf!r}")
-    return ".".join(module + [_LEAF_BACK[leaf]]), leaf == "kernel"
+    canonical_leaf, transposed = LEAF_BACK[leaf]
+    return ".".join(module + [canonical_leaf]), transposed
 
 
 def _decode(values) -> list[str]:
@@ -152,7 +163,7 @@ def _read_tf_h5(path: str) -> dict[str, np.ndarray]:
                 group.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
             for wname in names:
                 try:
-                    canonical, transposed = _canonical(wname)
+                    canonical, transposed = h5_canonical(wname)
                 except (ValueError, IndexError):
                     raise CheckpointError(f"{path}: weight {layer}/{wname} is not a BART variable") from None
                 if wname not in group:
@@ -167,8 +178,6 @@ def open_file(path: str, config: BartConfig) -> dict[str, LazyTensor] | None:
     ``h5_table`` of every head; ``None`` when the file holds a weight that table does not name (the
     eager reader of ``bart_core`` then handles the older spellings)."""
     import h5py
-
-    from bart_core.names import HEADS
 
     def key(layer: str, wname: str) -> tuple[str, str]:
         first, _, rest = wname.partition("/")
