@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from bart_core.inputs import shift_tokens_right
+from bart_core.inputs import shift_tokens_right, to_framework
 
 LABEL_PAD_TOKEN_ID = -100
 
@@ -76,7 +76,7 @@ class DataCollatorForSeq2Seq:
                 config = getattr(self.model, "config", self.model)
                 batch["decoder_input_ids"] = shift_tokens_right(batch["labels"], config.pad_token_id,
                                                                 config.decoder_start_token_id).astype(np.int64)
-        return _convert(batch, return_tensors)
+        return to_framework(batch, return_tensors, keep_int64=("labels", "decoder_input_ids"))
 
     def _pad_labels(self, labels: list[np.ndarray]) -> np.ndarray:
         """(B, T) int64 labels padded with ``label_pad_token_id`` on the tokenizer's padding side."""
@@ -99,20 +99,3 @@ class DataCollatorForSeq2Seq:
             else:
                 out[row, :len(label)] = label
         return out
-
-
-def _convert(batch: dict[str, np.ndarray], return_tensors: str) -> dict:
-    """numpy batch -> the requested framework; the reference's types (labels and decoder ids int64 but in
-    "jax")."""
-    if return_tensors == "np":
-        return batch
-    if return_tensors == "pt":
-        import torch
-        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
-    wide = ("labels", "decoder_input_ids")
-    if return_tensors == "tf":
-        import tensorflow as tf
-        return {k: tf.constant(v if k in wide or v.dtype != np.int64 else v.astype(np.int32))
-                for k, v in batch.items()}
-    import jax.numpy as jnp
-    return {k: jnp.asarray(v.astype(np.int32) if v.dtype == np.int64 else v) for k, v in batch.items()}

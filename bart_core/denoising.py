@@ -31,10 +31,9 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from bart_core.inputs import shift_tokens_right
+from bart_core.inputs import TENSOR_TYPES, shift_tokens_right, to_framework
 
 MASK_LENGTHS = ("subword", "word", "span-poisson")
-TENSOR_TYPES = ("np", "pt", "tf", "jax")
 LABEL_PAD = -100
 WORD_START_MARKER = "\u0120"  # "Ġ": byte-level BPE's spelling of a leading space
 CORPUS_DIR = pathlib.Path(__file__).resolve().parent / "data" / "corpus"
@@ -311,23 +310,6 @@ def document_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, _NOISE_STREAM, epoch, index])
 
 
-def convert_batch(batch: dict[str, np.ndarray], return_tensors: str = "np") -> dict[str, Any]:
-    """numpy arrays -> the backend's tensors: "np", "pt" (torch), "tf" or "jax". JAX keeps int64 only with
-    ``jax_enable_x64``; otherwise it stores int32."""
-    if return_tensors == "np":
-        return batch
-    if return_tensors == "pt":
-        import torch
-        return {k: torch.from_numpy(v) for k, v in batch.items()}
-    if return_tensors == "tf":
-        import tensorflow as tf
-        return {k: tf.convert_to_tensor(v) for k, v in batch.items()}
-    if return_tensors == "jax":
-        import jax.numpy as jnp
-        return {k: jnp.asarray(v) for k, v in batch.items()}
-    raise ValueError(f"return_tensors must be one of {TENSOR_TYPES}, got {return_tensors!r}")
-
-
 def _encode(tokenizer: Any, text: str) -> list[int]:
     """Ids of ``text`` without special tokens, from a ``BartTokenizer``-like or ``tokenizers.Tokenizer`` object."""
     out = tokenizer.encode(text, add_special_tokens=False)
@@ -410,7 +392,8 @@ class DenoisingCollator:
         elif len(indices) != len(docs):
             raise ValueError(f"{len(indices)} indices for {len(docs)} documents")
         sources = [self.noise(d, document_rng(self.seed, epoch, int(i))) for d, i in zip(docs, indices)]
-        return convert_batch(self.pad(sources, docs), self.return_tensors)
+        batch = self.pad(sources, docs)
+        return to_framework(batch, self.return_tensors, keep_int64=tuple(batch))  # int64 as the numpy batch
 
     def _padded_length(self, seqs: list[np.ndarray]) -> int:
         n = max(s.shape[0] for s in seqs)

@@ -224,3 +224,37 @@ def attention_bias(mask: np.ndarray | None, dtype: Any = np.float32) -> np.ndarr
     if mask is None:
         return None
     return np.where(np.asarray(mask, bool), 0.0, np.finfo(dtype).min).astype(dtype)
+
+
+TENSOR_TYPES = ("np", "pt", "tf", "jax")
+
+
+def to_framework(arrays: dict[str, Any], return_tensors: str, keep_int64: tuple[str, ...] = ()) -> dict[str, Any]:
+    """numpy arrays -> tensors of one framework: "np" (unchanged), "pt" (torch), "tf" or "jax".
+
+    The one conversion of the tokenizer, the collators and ``verify``. Floats become float32 outside "np". Integers
+    stay int64 for "np" and "pt"; "tf" and "jax" get int32 (the reference's types), except the keys named in
+    ``keep_int64`` under "tf" (JAX without ``jax_enable_x64`` has no int64). ``None`` values pass through."""
+    if return_tensors not in TENSOR_TYPES:
+        raise ValueError(f"return_tensors must be one of {TENSOR_TYPES}, got {return_tensors!r}")
+    if return_tensors == "np":
+        return arrays
+
+    def narrow(key: str, a: np.ndarray) -> np.ndarray:
+        if a.dtype.kind == "f" and a.dtype != np.float32:
+            return a.astype(np.float32)
+        if a.dtype == np.int64 and return_tensors != "pt" and not (return_tensors == "tf" and key in keep_int64):
+            return a.astype(np.int32)
+        return np.ascontiguousarray(a)
+
+    arrays = {k: None if a is None else narrow(k, np.asarray(a)) for k, a in arrays.items()}
+    if return_tensors == "pt":
+        import torch
+        convert = torch.from_numpy
+    elif return_tensors == "tf":
+        import tensorflow as tf
+        convert = tf.constant
+    else:
+        import jax.numpy as jnp
+        convert = jnp.asarray
+    return {k: None if a is None else convert(a) for k, a in arrays.items()}

@@ -33,6 +33,7 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from bart_core.fileio import atomic_write_text
+from bart_core.inputs import TENSOR_TYPES, to_framework
 
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
@@ -48,7 +49,6 @@ SPECIAL_TOKENS = {
 }
 PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
-TENSOR_TYPES = ("np", "pt", "tf", "jax")
 SIDES = ("right", "left")
 # The reference's "no limit" model_max_length is int(1e30); above LARGE_INTEGER there is no default length.
 VERY_LARGE_INTEGER = int(1e30)
@@ -1435,19 +1435,7 @@ def _to_tensors(data: dict, return_tensors: str, prepend_batch_axis: bool = Fals
         if key == "offset_mapping" and array.size == 0:
             array = array.reshape(len(rows), 0, 2)
         out[key] = array
-    if return_tensors == "np":
-        return out
-    small = {k: (a if a is None else a.astype(np.int32) if a.dtype == np.int64 else a.astype(np.float32)
-                 if a.dtype.kind == "f" else a) for k, a in out.items()}
-    if return_tensors == "pt":
-        import torch
-        return {k: None if a is None else torch.from_numpy(a if a.dtype.kind != "f" else a.astype(np.float32))
-                for k, a in out.items()}
-    if return_tensors == "tf":
-        import tensorflow as tf
-        return {k: None if a is None else tf.constant(a) for k, a in small.items()}
-    import jax.numpy as jnp
-    return {k: None if a is None else jnp.asarray(a) for k, a in small.items()}
+    return to_framework(out, return_tensors)
 
 
 def _cut_one(seq: list[int], n: int, stride: int, right: bool, which: str) -> tuple[list[int], list[int]]:

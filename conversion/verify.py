@@ -43,7 +43,7 @@ from bart_core.checkpoint import (
     WEIGHT_FILES,
 )
 from bart_core.config import BartConfig
-from bart_core.denoising import convert_batch
+from bart_core.inputs import to_framework
 from conversion.convert import (
     HEAD_ARCHITECTURE,
     ConversionError,
@@ -221,7 +221,7 @@ def run_backend(backend: str, directory: str, head: str, inputs: dict[str, np.nd
     feed = dict(inputs)
     if head == "causal_lm":
         feed = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-    fw = convert_batch(feed, TENSOR_TYPES[backend])
+    fw = to_framework(feed, TENSOR_TYPES[backend], keep_int64=tuple(feed))
     extra = {"training": False} if backend == "tf" else {}
     out: dict[str, np.ndarray] = {}
     ctx = __import__("torch").no_grad() if backend == "torch" else contextlib.nullcontext()
