@@ -51,7 +51,7 @@ def model_dir(settings: dict, tmp: str) -> str:
 
 
 def run_config(settings: dict, backend: str, model: str):
-    from recipes.common import RunConfig
+    from recipes.config import RunConfig
     return RunConfig(backend=backend, model=model, batch_size=settings["batch"], seq_len=settings["seq_len"],
                      steps=settings["warmup"] + settings["steps"], lr=1e-4, warmup_steps=1, progress=False)
 
@@ -59,7 +59,7 @@ def run_config(settings: dict, backend: str, model: str):
 def fixed_batches(settings: dict) -> list[dict]:
     """Denoising batches padded to ``seq_len`` (one shape for every step and backend)."""
     from bart_core.denoising import DenoisingCollator, iterate_batches, make_documents, read_corpus
-    from recipes.common import load_tokenizer
+    from recipes.datasets import load_tokenizer
     tok = load_tokenizer()
     n, seq = settings["warmup"] + settings["steps"], settings["seq_len"]
     docs = make_documents(read_corpus(), tok, max_length=seq)
@@ -73,13 +73,13 @@ def fixed_batches(settings: dict) -> list[dict]:
 
 
 def step_batches(batch):
-    from recipes.common import StepBatches, batch_tokens, label_tokens
+    from recipes.datasets import StepBatches, batch_tokens, label_tokens
     return StepBatches([batch], [label_tokens(batch)], label_tokens(batch), batch_tokens(batch))
 
 
 def timed(step_fn, batches: list[dict], warmup: int) -> dict:
     """Run ``step_fn(batch) -> loss`` over the batches; time all but the first ``warmup``."""
-    from recipes.common import batch_tokens
+    from recipes.datasets import batch_tokens
     losses = []
     for b in batches[:warmup]:
         losses.append(float(step_fn(b)))
@@ -123,7 +123,7 @@ def _timestamps_callback(keras_module, stamps: list):
 
 
 def _fit_result(stamps, batches, warmup: int) -> dict:
-    from recipes.common import batch_tokens
+    from recipes.datasets import batch_tokens
     seconds = stamps[-1][0] - stamps[warmup - 1][0]
     tokens = sum(batch_tokens(b) for b in batches[warmup:])
     return {"tokens_per_s": tokens / seconds, "seconds": seconds, "first_loss": stamps[0][1],

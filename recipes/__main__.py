@@ -1,5 +1,5 @@
-"""Command line: ``python -m recipes pretrain|finetune --backend torch|tf|flax [options]`` and
-``python -m recipes make-summaries`` (rebuilds the bundled fine-tuning data from the corpus).
+"""Command line: ``python -m recipes pretrain|finetune --backend torch|tf|flax [options]``. (The bundled
+fine-tuning data is rebuilt from the corpus by ``python scripts/build_summary_dataset.py``.)
 
 Examples::
 
@@ -27,7 +27,8 @@ import sys
 import warnings
 
 from bart_core.checkpoint import CheckpointError
-from recipes.common import SUMMARIES_DIR, TASKS, RecipeError, add_arguments, from_args, write_summary_dataset
+from recipes.config import TASKS, RecipeError, add_arguments, from_args
+from recipes.loop import METRICS_FILE
 
 PROG = "python -m recipes"
 EXIT_BAD_INPUT = 2
@@ -72,14 +73,7 @@ def _main(argv: list[str] | None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for task in TASKS:
         add_arguments(sub.add_parser(task, help=f"{task} a BART model"), task)
-    data = sub.add_parser("make-summaries", help="rebuild the bundled summarisation JSON lines from the corpus")
-    data.add_argument("--out", default=str(SUMMARIES_DIR))
-    data.add_argument("--corpus", default=None)
     args = parser.parse_args(argv)
-    if args.command == "make-summaries":
-        n_train, n_eval = write_summary_dataset(args.out, args.corpus)
-        print(f"wrote {n_train} train and {n_eval} eval pairs to {args.out}")
-        return 0
     run = from_args(args, args.command)
     _prepare_environment(run.backend, run.devices)
     from recipes import train
@@ -89,7 +83,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"steps {len(losses)}: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     if summary.get("eval"):
         print("eval: " + json.dumps({k: v for k, v in summary["eval"].items() if k != "example"}))
-    print(f"metrics: {os.path.join(run.out, 'metrics.jsonl')}; model: {os.path.join(run.out, 'final')}")
+    print(f"metrics: {os.path.join(run.out, METRICS_FILE)}; model: {os.path.join(run.out, 'final')}")
     return 0
 
 

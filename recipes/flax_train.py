@@ -15,7 +15,7 @@ Checkpoints: ``model.safetensors`` (the model, loadable by every backend) and ``
 checkpoint (``orbax-checkpoint``, ``StandardCheckpointHandler``) of the whole ``TrainState`` as a dict: ``params``,
 ``opt_state``, ``rng`` (the dropout key) and ``step``. Resuming reads ``train_state/`` only, restoring every array
 with the sharding it has in the running trainer, so a resumed run repeats the uninterrupted one exactly. Orbax's
-synchronous checkpointer writes into the staging folder of ``recipes.common.CheckpointManager`` and returns once
+synchronous checkpointer writes into the staging folder of ``recipes.checkpoints.CheckpointManager`` and returns once
 the tree is complete; its files are then fsynced, and the staging folder is published by one rename as for every
 recipe. Restore it outside the recipe with ``ocp.StandardCheckpointer().restore(folder / "train_state")``.
 """
@@ -39,22 +39,12 @@ from bart_core.fileio import fsync_dir
 from bart_flax import BartForConditionalGeneration
 from bart_flax.sharding import make_mesh, param_shardings, shard_batch
 from bart_flax.training import TrainState, make_eval_step, make_train_step
-from recipes.common import (
-    BatchStream,
-    RecipeError,
-    RunConfig,
-    StepBatches,
-    Trainer,
-    finetuning_data,
-    learning_rates,
-    load_tokenizer,
-    make_eval_data,
-    model_config,
-    pretraining_data,
-    read_file,
-    starting_state,
-    train_loop,
-)
+from recipes.checkpoints import read_file
+from recipes.config import RecipeError, RunConfig, model_config, starting_state
+from recipes.datasets import BatchStream, StepBatches, finetuning_data, load_tokenizer, pretraining_data
+from recipes.evaluation import make_eval_data
+from recipes.loop import learning_rates, train_loop
+from recipes.trainer import Trainer
 
 _INPUTS = ("input_ids", "attention_mask", "decoder_input_ids", "labels")
 TRAIN_STATE_DIR = "train_state"  # the Orbax checkpoint of the TrainState, inside a recipe checkpoint

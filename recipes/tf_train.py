@@ -1,7 +1,8 @@
 """TensorFlow / Keras 3 recipe: ``model.fit`` on a ``tf.data`` pipeline fed by the collator, AdamW
 (``FusedAdamW``: Keras AdamW with a fused update) with the shared learning-rate table, global-norm clipping,
 Keras gradient accumulation, and ``tf.distribute``: ``MirroredStrategy`` over ``run.devices`` logical CPU devices
-(or any devices the caller's strategy holds).
+(or any devices the caller's strategy holds). What happens around a step (metrics, evaluation, checkpoints,
+resume) is the shared loop of ``recipes.loop``, called from the ``LoopCallback`` of ``model.fit``.
 
 The pipeline yields ``(inputs, labels, weight)`` per micro-batch; ``weight`` (one value per row) is
 ``grad_accum / global_tokens`` of the optimizer step. ``TokenWeightedBart`` turns the model's mean loss into
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import time
 from typing import Any, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,34 +25,18 @@ import tensorflow as tf  # noqa: E402
 
 from bart_core.checkpoint import CheckpointError, load_state_dict  # noqa: E402
 from bart_tf import BartForConditionalGeneration  # noqa: E402
-from recipes.common import (  # noqa: E402
-    METRICS_FILE,
+from recipes.checkpoints import read_file, read_npz, write_npz  # noqa: E402
+from recipes.config import RecipeError, RunConfig, decays, model_config, starting_state  # noqa: E402
+from recipes.datasets import (  # noqa: E402
     BatchStream,
-    CheckpointManager,
-    MetricsLogger,
-    RecipeError,
-    RunConfig,
     StepBatches,
-    Throughput,
-    Trainer,
-    decays,
-    evaluate,
     finetuning_data,
-    learning_rates,
     load_tokenizer,
-    log_record,
-    make_eval_data,
-    model_config,
     pretraining_data,
-    progress,
-    read_file,
-    read_npz,
-    recover_checkpoints,
-    resume,
-    save_final,
-    starting_state,
-    write_npz,
 )
+from recipes.evaluation import make_eval_data  # noqa: E402
+from recipes.loop import LoopState, after_step, begin, finish, learning_rates, log_initial_loss  # noqa: E402
+from recipes.trainer import Trainer  # noqa: E402
 
 _INPUTS = ("input_ids", "attention_mask", "decoder_input_ids", "labels")
 
@@ -236,23 +220,17 @@ def _in_order(variables, path: pathlib.Path, what: str) -> list[np.ndarray]:
     return values
 
 
-class RecipeCallback(keras.callbacks.Callback):
-    """Per optimizer step: the step's loss from the micro-batch losses, JSON-lines metrics, tqdm, checkpoints
-    and evaluation. The loss tracker is reset before every micro-batch so ``logs["loss"]`` is that batch's."""
+class LoopCallback(keras.callbacks.Callback):
+    """Drives the shared loop from ``model.fit``: after each optimizer step (``grad_accum`` micro-batches) it
+    calls ``recipes.loop.after_step`` with the step's loss, the mean of the micro-batch losses (each already
+    weighted by its share of the step's label tokens, see the module docstring). The loss tracker is reset
+    before every micro-batch so ``logs["loss"]`` is that batch's."""
 
-    def __init__(self, run: RunConfig, trainer: TFTrainer, step: int, logger: MetricsLogger,
-                 token_counts: dict[int, tuple[int, int]], eval_data=None):
+    def __init__(self, state: LoopState, token_counts: dict[int, tuple[int, int]]):
         super().__init__()
-        self.run, self.trainer, self.step, self.logger = run, trainer, step, logger
-        self.token_counts = token_counts  # (label tokens, throughput tokens) per step, filled by the pipeline
-        self.eval_data = eval_data
-        self.lrs = learning_rates(run)
-        self.checkpoints = CheckpointManager(run.out, run.save_every, run.steps, run.keep_checkpoints)
-        self.bar = progress(run, step)
-        self.losses: list[float] = []
+        self.state = state
+        self.token_counts = token_counts  # step -> (label tokens, throughput tokens), filled by the pipeline
         self.parts: list[float] = []
-        self.meter, self.start = Throughput(), time.perf_counter()
-        self.last_eval: dict[str, Any] = {}
 
     def on_train_batch_begin(self, batch, logs=None):
         for metric in self.model.metrics:
@@ -260,34 +238,13 @@ class RecipeCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.parts.append(float(logs["loss"]))
-        if len(self.parts) < self.run.grad_accum:
+        if len(self.parts) < self.state.run.grad_accum:
             return
-        loss = sum(self.parts) / self.run.grad_accum
+        loss = sum(self.parts) / len(self.parts)
         self.parts = []
-        self.step += 1
-        self.losses.append(loss)
-        label_tokens, tokens = self.token_counts[self.step - 1]
-        self.meter.add(tokens)
-        lr = self.lrs[self.step - 1]
-        if self.step % self.run.log_every == 0 or self.step == self.run.steps:
-            rate = self.meter.rate()
-            self.logger.log(**log_record(self.step, loss, lr, label_tokens, rate, time.perf_counter() - self.start))
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
-        self.bar.update(1)
-        if self.eval_data is not None and self.run.eval_every and self.step % self.run.eval_every == 0 \
-                and self.step < self.run.steps:
-            self._evaluate()
-        if self.checkpoints.due(self.step):
-            self.checkpoints.save(self.trainer, self.step, {"step": self.step,
-                                                            "data_position": self.step * self.run.grad_accum,
-                                                            "run": self.run.to_dict()})
-
-    def _evaluate(self):
-        self.last_eval = evaluate(self.run, self.trainer, self.eval_data)
-        self.logger.log(step=self.step, event="eval", **self.last_eval)
-
-    def on_train_end(self, logs=None):
-        self.bar.close()
+        tokens, throughput_tokens = self.token_counts.pop(self.state.step)
+        after_step(self.state, loss, tokens, throughput_tokens)
+        self.model.stop_training = self.state.done
 
 
 def train(run: RunConfig, strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
@@ -301,7 +258,6 @@ def train(run: RunConfig, strategy: tf.distribute.Strategy | None = None) -> dic
     if run.global_batch % strategy.num_replicas_in_sync:
         raise RecipeError(f"batch size {run.global_batch} is not divisible by {strategy.num_replicas_in_sync} "
                          "replicas")
-    out = pathlib.Path(run.out)
     tokenizer = load_tokenizer()
     if run.task == "pretrain":
         items, heldout, collator = pretraining_data(run, tokenizer)
@@ -311,27 +267,12 @@ def train(run: RunConfig, strategy: tf.distribute.Strategy | None = None) -> dic
         model = build_model(run)
         optimizer = build_optimizer(run, model)
         model.compile(optimizer=optimizer, jit_compile=False)
-    trainer = TFTrainer(run, model, optimizer, tokenizer)
-
-    recover_checkpoints(out)
-    with strategy.scope():
-        resume_from, state = resume(run, trainer)
-    step = int(state["step"]) if state is not None else 0
-    logger = MetricsLogger(out / METRICS_FILE, resume_step=step if resume_from else None)
-    eval_data = make_eval_data(run, heldout, collator)
-
-    steps_left = run.steps - step
-    if step == 0:  # eval-mode loss of the first step's batches, before any update
-        peek = BatchStream(items, collator, run.global_batch)
-        total, count = trainer.loss_sum(peek.take(run.grad_accum))
-        logger.log(step=0, event="initial", loss=total / count)
-
-    token_counts: dict[int, tuple[int, int]] = {}
-    callback = RecipeCallback(run, trainer, step, logger, token_counts, eval_data)
-    if steps_left > 0:
-        model.fit(step_dataset(items, collator, run, step, token_counts), epochs=1,
-                  steps_per_epoch=steps_left * run.grad_accum, callbacks=[callback], verbose=0,
-                  shuffle=False)
-    callback._evaluate()
-    save_final(trainer, out / "final")
-    return {"losses": callback.losses, "eval": callback.last_eval, "out": str(out)}
+        state = begin(run, TFTrainer(run, model, optimizer, tokenizer), make_eval_data(run, heldout, collator))
+    if state.step == 0:
+        log_initial_loss(state, StepBatches.take(BatchStream(items, collator, run.global_batch), run.grad_accum))
+    if not state.done:
+        token_counts: dict[int, tuple[int, int]] = {}
+        model.fit(step_dataset(items, collator, run, state.step, token_counts), epochs=1,
+                  steps_per_epoch=(run.steps - state.step) * run.grad_accum,
+                  callbacks=[LoopCallback(state, token_counts)], verbose=0, shuffle=False)
+    return finish(state)

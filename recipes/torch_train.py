@@ -25,23 +25,12 @@ import torch.distributed as dist
 
 from bart_core.checkpoint import CheckpointError, load_state_dict
 from bart_torch import BartForConditionalGeneration
-from recipes.common import (
-    BatchStream,
-    RecipeError,
-    RunConfig,
-    StepBatches,
-    Trainer,
-    decays,
-    finetuning_data,
-    load_tokenizer,
-    make_eval_data,
-    model_config,
-    pretraining_data,
-    read_file,
-    starting_state,
-    train_loop,
-    write_file,
-)
+from recipes.checkpoints import read_file, write_file
+from recipes.config import RecipeError, RunConfig, decays, model_config, starting_state
+from recipes.datasets import BatchStream, StepBatches, finetuning_data, load_tokenizer, pretraining_data
+from recipes.evaluation import make_eval_data
+from recipes.loop import METRICS_FILE, read_metrics, train_loop
+from recipes.trainer import Trainer
 
 _INPUTS = ("input_ids", "attention_mask", "decoder_input_ids", "labels")
 
@@ -227,7 +216,6 @@ def train(run: RunConfig) -> dict[str, Any]:
             if last.startswith(prefix):
                 raise RecipeError(last[len(prefix):]) from None
         raise
-    from recipes.common import METRICS_FILE, read_metrics
     records = read_metrics(pathlib.Path(run.out) / METRICS_FILE)
     evals = [r for r in records if r.get("event") == "eval"]
     return {"losses": [r["loss"] for r in records if "event" not in r], "eval": evals[-1] if evals else {},

@@ -20,7 +20,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from recipes.common import METRICS_FILE, RunConfig, read_metrics
+from recipes.config import RunConfig
+from recipes.loop import METRICS_FILE, read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUN = dict(model="tiny", seq_len=32, steps=3, lr=3e-2, warmup_steps=1, dropout=0.0, progress=False, eval_batches=1)
@@ -63,7 +64,7 @@ def test_tf_mirrored_strategy_equals_one_device(tmp_path):
     pytest.importorskip("tensorflow")
     result = run_script(f"""
         import json
-        from recipes.common import RunConfig
+        from recipes.config import RunConfig
         from recipes.tf_train import configure_cpu_devices, train
         configure_cpu_devices(2)
         import tensorflow as tf
@@ -84,7 +85,7 @@ def test_flax_sharded_data_parallel_equals_one_device(tmp_path):
     result = run_script(f"""
         import json
         import jax
-        from recipes.common import RunConfig
+        from recipes.config import RunConfig
         from recipes.flax_train import train
         run = RunConfig(backend="flax", batch_size=4, out={str(tmp_path / "one")!r}, **{RUN!r})
         train(run)

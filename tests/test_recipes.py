@@ -12,22 +12,12 @@ import pathlib
 import numpy as np
 import pytest
 
-from recipes.common import (
-    METRICS_FILE,
-    SUMMARIES_DIR,
-    BatchStream,
-    MetricsLogger,
-    RunConfig,
-    add_arguments,
-    check_resume,
-    from_args,
-    initial_state,
-    learning_rates,
-    model_config,
-    read_metrics,
-    rouge_scores,
-    summary_pairs,
-)
+from recipes.checkpoints import check_resume, read_file, write_file
+from recipes.config import RunConfig, add_arguments, from_args, initial_state, model_config
+from recipes.datasets import SUMMARIES_DIR, BatchStream
+from recipes.evaluation import rouge_scores
+from recipes.loop import METRICS_FILE, MetricsLogger, learning_rates, read_metrics
+from recipes.trainer import Trainer
 
 BACKENDS = ("torch", "tf", "flax")
 TINY = dict(model="tiny", batch_size=2, seq_len=32, progress=False, eval_batches=1, lr=3e-2, warmup_steps=2)
@@ -130,12 +120,19 @@ def test_batch_stream_seeks_and_its_rank_slices_make_the_global_batch():
             assert rows == [row[row != (1 if k == "input_ids" else -100)].tolist() for row in whole[k]]
 
 
-def test_bundled_summaries_are_rebuilt_identically_from_the_corpus():
-    pairs = summary_pairs()
+def test_bundled_summaries_are_rebuilt_identically_from_the_corpus(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_summary_dataset.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("train.jsonl", "eval.jsonl"):
+        assert (tmp_path / name).read_bytes() == (SUMMARIES_DIR / name).read_bytes(), name
     train = [json.loads(x) for x in (SUMMARIES_DIR / "train.jsonl").read_text().splitlines()]
     evals = [json.loads(x) for x in (SUMMARIES_DIR / "eval.jsonl").read_text().splitlines()]
-    assert len(train) + len(evals) == len(pairs) and len(evals) >= 20
-    assert evals == [p for i, p in enumerate(pairs) if i % 10 == 9][:40]
+    assert len(evals) >= 20 and len(train) > 5 * len(evals)
     for row in train + evals:
         assert row["source"].startswith(row["target"]) and len(row["target"]) < len(row["source"])
 
@@ -175,6 +172,66 @@ def test_resume_refuses_options_that_change_the_curve():
     check_resume(run.replace(save_every=3, out="elsewhere"), {"run": run.to_dict()})
     with pytest.raises(ValueError, match="batch_size"):
         check_resume(run.replace(batch_size=3), {"run": run.to_dict()})
+
+
+class _CountingTrainer(Trainer):
+    """A framework-free trainer: step ``n`` has loss ``1 / n``; its whole state is the step count."""
+
+    def __init__(self):
+        self.steps, self.lrs = 0, []
+
+    def loss_sum(self, batches):
+        count = sum(int((b["labels"] != -100).sum()) for b in batches)
+        return 2.0 * count, count
+
+    def train_step(self, step, lr):
+        self.steps += 1
+        self.lrs.append(lr)
+        return 1.0 / self.steps, 0.5
+
+    def save(self, folder):
+        write_file(folder / "count.json", lambda tmp: pathlib.Path(tmp).write_text(json.dumps(self.steps)))
+
+    def load(self, folder):
+        self.steps = read_file(folder / "count.json", lambda f: json.loads(pathlib.Path(f).read_text()))
+
+    def save_model(self, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.json").write_text(json.dumps(self.steps))
+
+
+def test_shared_loop_logs_evaluates_checkpoints_and_resumes_on_schedule(tmp_path):
+    """``train_loop`` (the bookkeeping the tf callback shares) without a framework: which steps are logged,
+    evaluated and checkpointed, the learning rates handed to the step, and a resume that continues the records."""
+    from bart_core.denoising import DenoisingCollator
+    from recipes.evaluation import EvalData
+    from recipes.loop import train_loop
+    docs, collator = _docs(23), DenoisingCollator(seed=3)
+    run = RunConfig(steps=5, warmup_steps=2, save_every=2, eval_every=2, log_every=2, keep_checkpoints=0,
+                    progress=False, out=str(tmp_path))
+    trainer = _CountingTrainer()
+    eval_data = EvalData(BatchStream(docs, collator, 4, shuffle=False).take(1))
+    result = train_loop(run, trainer, BatchStream(docs, collator, 4), eval_data)
+    assert result["losses"] == [1.0, 0.5, 1 / 3, 0.25, 0.2] and result["eval"] == {"eval_loss": 2.0}
+    np.testing.assert_array_equal(trainer.lrs, learning_rates(run))
+    records = read_metrics(tmp_path / METRICS_FILE)
+    assert [(r["step"], r.get("event")) for r in records] == [(0, "initial"), (2, None), (2, "eval"), (4, None),
+                                                              (4, "eval"), (5, None), (5, "eval")]
+    assert records[0]["loss"] == 2.0
+    step_record = records[1]
+    assert set(step_record) == {"step", "loss", "lr", "tokens", "tokens_per_s", "elapsed_s", "grad_norm"}
+    assert step_record["loss"] == 0.5 and step_record["grad_norm"] == 0.5 and step_record["tokens"] > 0
+    assert [p.name for p in sorted(tmp_path.glob("checkpoint-*"))] == ["checkpoint-0000002", "checkpoint-0000004"]
+    saved = json.loads((tmp_path / "checkpoint-0000004" / "trainer_state.json").read_text())
+    assert (saved["step"], saved["data_position"]) == (4, 4)
+    assert json.loads((tmp_path / "final" / "model.json").read_text()) == 5
+    assert json.loads((tmp_path / "run_config.json").read_text()) == run.to_dict()
+
+    resumed = _CountingTrainer()
+    result = train_loop(run.replace(resume="latest"), resumed, BatchStream(docs, collator, 4), eval_data)
+    assert result["losses"] == [0.2] and resumed.lrs == [learning_rates(run)[4]]
+    assert [(r["step"], r.get("event")) for r in read_metrics(tmp_path / METRICS_FILE)] == \
+        [(r["step"], r.get("event")) for r in records]
 
 
 # === per backend: acceptance ===
@@ -359,7 +416,7 @@ def _truncate(path: pathlib.Path) -> None:
 @pytest.mark.parametrize("bad_file", ["optimizer.pt", "model.safetensors", "trainer_state.json"])
 def test_resume_latest_skips_a_corrupt_checkpoint_with_a_warning(torch_checkpoints, tmp_path, bad_file):
     from recipes import train
-    from recipes.common import CheckpointWarning
+    from recipes.checkpoints import CheckpointWarning
     out = _copy_run(torch_checkpoints, tmp_path / "run")
     _truncate(out / "checkpoint-0000004" / bad_file)
     with pytest.warns(CheckpointWarning, match=rf"checkpoint-0000004.*{bad_file}") as caught:
@@ -373,7 +430,7 @@ def test_resume_latest_fails_when_no_checkpoint_loads(torch_checkpoints, tmp_pat
     out = _copy_run(torch_checkpoints, tmp_path / "run")
     for step in (2, 4):
         _truncate(out / f"checkpoint-000000{step}" / "optimizer.pt")
-    from recipes.common import CheckpointWarning
+    from recipes.checkpoints import CheckpointWarning
     with pytest.warns(CheckpointWarning, match="optimizer.pt") as caught:
         rc, _, err = cli("pretrain", *CLI_TINY, "--steps", "6", "--save-every", "2", "--out", out, "--resume",
                          "latest", capsys=capsys)
@@ -427,7 +484,7 @@ def test_resume_from_a_bad_checkpoint_folder_is_one_line(torch_checkpoints, tmp_
 def test_corrupt_optimizer_state_names_the_file(backend, pretrain_runs, tmp_path):
     """Each backend's own optimizer file: the only checkpoint corrupt -> a RecipeError after a warning naming it."""
     from recipes import RecipeError, train
-    from recipes.common import CheckpointWarning
+    from recipes.checkpoints import CheckpointWarning
     full, _ = pretrain_runs(backend)
     out = _copy_run(full, tmp_path / "run")
     name = {"torch": "optimizer.pt", "tf": "keras_optimizer_variables.npz", "flax": "train_state"}[backend]
@@ -459,9 +516,9 @@ def test_bad_recipe_input_is_one_line_exit_2(tmp_path, capsys, case):
 
 _KILL_SCRIPT = """
 import os, pathlib, sys, time
-import recipes.common as common
+import recipes.checkpoints as checkpoints
 marker, point = pathlib.Path(sys.argv[1]), sys.argv[2]
-original = getattr(common, point)
+original = getattr(checkpoints, point)
 
 def hooked(*args, **kwargs):
     if any("checkpoint-0000004" in str(a) for a in args):
@@ -469,7 +526,7 @@ def hooked(*args, **kwargs):
         time.sleep(600)
     return original(*args, **kwargs)
 
-setattr(common, point, hooked)
+setattr(checkpoints, point, hooked)
 from recipes.__main__ import main
 sys.exit(main(sys.argv[3:]))
 """
@@ -485,7 +542,7 @@ def test_kill_during_a_checkpoint_keeps_the_previous_one(torch_checkpoints, tmp_
     import time
 
     from recipes import train
-    from recipes.common import completed_checkpoints
+    from recipes.checkpoints import completed_checkpoints
     from tests.conftest import ROOT
     need("torch")
     out, marker = tmp_path / "run", tmp_path / "marker"
