@@ -1,6 +1,7 @@
 """``bart3``: run a task pipeline over lines of text, one JSON record per line out, in input order.
 
     bart3 summarization --model PATH_OR_ID [--backend torch|tf|flax] [--num-beams 4 --max-length 60 ...] [FILE ...]
+    bart3 summarization --model M --max-batch-tokens 4096 docs.txt    # batches cut by padded tokens, not rows
     bart3 zero-shot-classification --model M --labels sports,politics [--multi-label] < texts.txt
     bart3 question-answering --model M qa.jsonl       # lines {"question": ..., "context": ...}
     bart3 text-classification | fill-mask | text2text-generation --model M ...
@@ -54,7 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint folder or hub id")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
-    p.add_argument("--batch-size", type=_positive, default=8)
+    p.add_argument("--batch-size", type=_positive, help="rows per batch (default 8, or no limit with "
+                   "--max-batch-tokens)")
+    p.add_argument("--max-batch-tokens", type=_positive, help="at most this many padded input tokens per batch "
+                   "(rows x padded length)")
     p.add_argument("--device", help="torch: cpu, cuda:0; tf: /GPU:0; flax: a device index")
     g = p.add_argument_group("generation (summarization, text2text-generation)")
     for name, kind in (("max-length", _positive), ("max-new-tokens", _positive), ("min-length", int),
@@ -172,7 +176,7 @@ def _load_pipeline(args, task: str):
         except ValueError:
             raise BadInput(f"--device {device!r}: flax takes a device index") from None
     return module.pipeline(task, model=args.model, tokenizer=args.tokenizer, batch_size=args.batch_size,
-                           device=device, progress=False)
+                           max_batch_tokens=args.max_batch_tokens, device=device, progress=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,8 +15,10 @@ pipelines (transformers 4.57.6):
 
 Inputs: one input, a list, or any other iterable (a generator, a dataset), which is read lazily and answered
 lazily, in chunks. Unlike the reference, the model rows of a chunk are sorted by length before they are cut into
-batches of ``batch_size`` rows (less padding), and results come back in input order; a result does not depend
-on ``batch_size``.
+batches (less padding), and results come back in input order. A batch has at most ``batch_size`` rows and, with
+``max_batch_tokens=N``, at most N padded input tokens (rows x padded length; short rows then go many to a batch,
+long rows few). A result does not depend on either. Compiled runners (``length_multiple``) pad lengths and short
+batches to powers of two, so a few programs, compiled once, serve every later call (``plan_batches``).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class Runner(Protocol):
     """What a backend supplies: the model calls, on numpy in and numpy out."""
     config: Any               # bart_core.BartConfig
     generation_config: Any    # the model's GenerationConfig (None for heads that do not generate)
-    length_multiple: Optional[int]  # pad lengths up to buckets (compiled backends: fewer programs); None: exact
+    length_multiple: Optional[int]  # compiled backends: pad lengths and short batches to buckets; None: exact
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
         """(B, L) int ids and mask -> float32 outputs: ``logits`` (B, L, V) or (B, C), or ``start_logits`` and
@@ -91,20 +93,38 @@ def _bucket(n: int, multiple: Optional[int]) -> int:
     return size
 
 
-def run_batches(rows: Sequence[Row], batch_size: int, pad_id: int, call: Callable, multiple: Optional[int] = None,
-                on_batch: Optional[Callable[[int], None]] = None) -> list:
-    """``call(input_ids (B, L), attention_mask (B, L), lengths)`` on batches of rows of similar length (longest
-    first); returns its per-row results in the order of ``rows``."""
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].ids))
+def plan_batches(lengths: Sequence[int], batch_size: Optional[int], max_tokens: Optional[int] = None,
+                 multiple: Optional[int] = None) -> list[tuple[list[int], int, int]]:
+    """Cut rows of these token ``lengths`` into batches of similar length, longest first: each batch is
+    ``(row indices, rows, width)``, padded to ``rows x width``, with at most ``batch_size`` rows (None: no
+    limit) and ``rows x width <= max_tokens`` (None: no budget; a row longer than the budget goes alone).
+    Eager backends (``multiple`` None) pad to the batch's longest row. Compiled backends pad the width to a
+    power of two >= ``multiple`` and the rows of a short batch to a power of two (at most the batch's cap), so
+    the shapes, and the programs compiled for them, are few and the same from call to call."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, start = [], 0
+    while start < len(order):
+        width = _bucket(lengths[order[start]], multiple)   # the longest row of the batch comes first
+        cap = len(order) if batch_size is None else batch_size
+        if max_tokens is not None:
+            cap = max(1, min(cap, max_tokens // width))
+        picked = order[start:start + cap]
+        start += len(picked)
+        rows = min(cap, _bucket(len(picked), 1)) if multiple else len(picked)
+        batches.append((picked, rows, width))
+    return batches
+
+
+def run_batches(rows: Sequence[Row], batch_size: Optional[int], pad_id: int, call: Callable,
+                multiple: Optional[int] = None, on_batch: Optional[Callable[[int], None]] = None,
+                max_tokens: Optional[int] = None) -> list:
+    """``call(input_ids (B, L), attention_mask (B, L), lengths)`` on the batches of ``plan_batches``; returns
+    its per-row results in the order of ``rows``."""
     results: list = [None] * len(rows)
-    for start in range(0, len(order), batch_size):
-        picked = order[start:start + batch_size]
-        lengths = [len(rows[i].ids) for i in picked]
-        width = _bucket(max(lengths), multiple)
-        # compiled backends: a short last batch is filled with copies of its last row (one program per shape)
-        filled = picked + picked[-1:] * (min(batch_size, len(rows)) - len(picked) if multiple else 0)
-        ids = np.full((len(filled), width), pad_id, dtype=np.int64)       # (B, L), right padding
-        mask = np.zeros((len(filled), width), dtype=np.int64)             # (B, L), 1 = token
+    for picked, n_rows, width in plan_batches([len(r.ids) for r in rows], batch_size, max_tokens, multiple):
+        filled = picked + picked[-1:] * (n_rows - len(picked))  # padding rows: copies of the last row
+        ids = np.full((n_rows, width), pad_id, dtype=np.int64)   # (B, L), right padding
+        mask = np.zeros((n_rows, width), dtype=np.int64)         # (B, L), 1 = token
         for b, i in enumerate(filled):
             n = len(rows[i].ids)
             ids[b, :n] = rows[i].ids
@@ -129,6 +149,14 @@ def _forward_rows(runner: Runner, lengths: Sequence[int], ids, mask) -> list[dic
     return rows
 
 
+def _positive_or_none(value: Any, name: str) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    return int(value)
+
+
 # ============================================================================================ base
 class Pipeline:
     """Base of the task pipelines: input shapes, chunked streaming, batching, progress."""
@@ -136,13 +164,16 @@ class Pipeline:
     task = ""
 
     def __init__(self, runner: Runner, tokenizer, batch_size: Optional[int] = None, progress: Optional[bool] = None,
-                 **defaults: Any):
+                 max_batch_tokens: Optional[int] = None, **defaults: Any):
         self.runner = runner
         self.model = getattr(runner, "model", None)
         self.tokenizer = tokenizer
-        self.batch_size = 8 if batch_size is None else int(batch_size)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        # rows per batch: batch_size (default 8, or no limit under a token budget) and rows x padded length
+        # <= max_batch_tokens (input tokens; None: no budget)
+        self.max_batch_tokens = _positive_or_none(max_batch_tokens, "max_batch_tokens")
+        self.batch_size = _positive_or_none(batch_size, "batch_size")
+        if self.batch_size is None and self.max_batch_tokens is None:
+            self.batch_size = 8
         self.progress = progress
         self._defaults = self._check_params(defaults)
 
@@ -161,9 +192,13 @@ class Pipeline:
 
     def _run(self, rows: list[Row], params: dict, on_batch) -> list:
         """Model outputs of each row (forward by default)."""
-        return run_batches(rows, self.batch_size, self._pad_id(),
-                           lambda ids, mask, lengths: _forward_rows(self.runner, lengths, ids, mask),
-                           self.runner.length_multiple, on_batch)
+        return self._batches(rows, lambda ids, mask, lengths: _forward_rows(self.runner, lengths, ids, mask),
+                             on_batch)
+
+    def _batches(self, rows: list[Row], call: Callable, on_batch) -> list:
+        """``run_batches`` with this pipeline's batch limits and the runner's length buckets."""
+        return run_batches(rows, self.batch_size, self._pad_id(), call, self.runner.length_multiple, on_batch,
+                           self.max_batch_tokens)
 
     def _decode(self, item: Any, rows: list[Row], outputs: list, params: dict) -> Any:
         """One item's result from its rows and their outputs."""
@@ -208,7 +243,9 @@ class Pipeline:
             yield self._finish([result], "stream", params)
 
     def _chunk_size(self) -> int:
-        return max(64, 8 * self.batch_size)
+        """Inputs read at a time: enough for several full batches (sorting by length pays off within a chunk)."""
+        rows = self.batch_size if self.batch_size is not None else max(1, self.max_batch_tokens // 64)
+        return max(64, 8 * rows)
 
     def _iterate(self, items: Iterable, params: dict, total: Optional[int]) -> Iterator:
         """Results one by one, in input order; items are read ``_chunk_size()`` at a time."""
@@ -245,7 +282,8 @@ class Pipeline:
                     bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(task={self.task!r}, batch_size={self.batch_size})"
+        return (f"{type(self).__name__}(task={self.task!r}, batch_size={self.batch_size}, "
+                f"max_batch_tokens={self.max_batch_tokens})")
 
 
 # ============================================================================================ generation
@@ -279,8 +317,8 @@ class Text2TextGenerationPipeline(Pipeline):
     OWN = ("truncation", "return_text", "return_tensors", "return_type", "clean_up_tokenization_spaces",
            "stop_sequence")
 
-    def __init__(self, runner, tokenizer, batch_size=None, progress=None, **defaults):
-        super().__init__(runner, tokenizer, batch_size, progress, **defaults)
+    def __init__(self, runner, tokenizer, batch_size=None, progress=None, max_batch_tokens=None, **defaults):
+        super().__init__(runner, tokenizer, batch_size, progress, max_batch_tokens, **defaults)
         self.generation_config = pipeline_generation_config(runner, tokenizer, self.task)
         specific = (getattr(self.config, "task_specific_params", None) or {}).get(self.task) or {}
         self.prefix = specific.get("prefix", getattr(self.config, "prefix", None)) or ""
@@ -316,7 +354,7 @@ class Text2TextGenerationPipeline(Pipeline):
             n = out.shape[0] // ids.shape[0]
             return [out[b * n:(b + 1) * n] for b in range(ids.shape[0])]
 
-        return run_batches(rows, self.batch_size, self._pad_id(), call, self.runner.length_multiple, on_batch)
+        return self._batches(rows, call, on_batch)
 
     def _decode(self, item, rows, outputs, params):
         clean = params.get("clean_up_tokenization_spaces", False)
@@ -660,8 +698,8 @@ class QuestionAnsweringPipeline(Pipeline):
     OPTIONS = ("top_k", "topk", "doc_stride", "max_answer_len", "max_seq_len", "max_question_len",
                "handle_impossible_answer", "align_to_words", "padding")
 
-    def __init__(self, runner, tokenizer, batch_size=None, progress=None, **defaults):
-        super().__init__(runner, tokenizer, batch_size, progress, **defaults)
+    def __init__(self, runner, tokenizer, batch_size=None, progress=None, max_batch_tokens=None, **defaults):
+        super().__init__(runner, tokenizer, batch_size, progress, max_batch_tokens, **defaults)
         from tokenizers import Tokenizer
         self._windows = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # own truncation settings
         self._windows.no_padding()
@@ -798,7 +836,8 @@ PIPELINES = {
 
 def build_pipeline(task: str, model: Any, tokenizer: Any, batch_size: Optional[int], load_model: Callable,
                    make_runner: Callable, device: Any = None, model_kwargs: Optional[dict] = None,
-                   progress: Optional[bool] = None, **defaults: Any) -> Pipeline:
+                   progress: Optional[bool] = None, max_batch_tokens: Optional[int] = None,
+                   **defaults: Any) -> Pipeline:
     """The shared half of each backend's ``pipeline``: ``load_model(class_name, path, **model_kwargs)`` loads a
     checkpoint; ``make_runner(model, device)`` wraps a model object."""
     from bart_core.tokenizer import BartTokenizer
@@ -824,10 +863,10 @@ def build_pipeline(task: str, model: Any, tokenizer: Any, batch_size: Optional[i
         tokenizer = BartTokenizer.from_pretrained(path)
     elif isinstance(tokenizer, str) or hasattr(tokenizer, "__fspath__"):
         tokenizer = BartTokenizer.from_pretrained(tokenizer)
-    return PIPELINES[task](make_runner(model, device), tokenizer, batch_size, progress, **defaults)
+    return PIPELINES[task](make_runner(model, device), tokenizer, batch_size, progress, max_batch_tokens, **defaults)
 
 
 __all__ = ["Pipeline", "Runner", "Row", "TASKS", "PIPELINES", "build_pipeline", "canonical_task", "decode_spans",
-           "select_starts_ends", "run_batches", "pipeline_generation_config", "SummarizationPipeline",
+           "select_starts_ends", "plan_batches", "run_batches", "pipeline_generation_config", "SummarizationPipeline",
            "Text2TextGenerationPipeline", "ZeroShotClassificationPipeline", "TextClassificationPipeline",
            "QuestionAnsweringPipeline", "FillMaskPipeline"]

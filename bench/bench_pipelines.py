@@ -4,13 +4,16 @@ documents of mixed length from the bundled corpus (``recipes/data/summaries``), 
 geometry written by the reference, with the bart-base tokenizer.
 
     python bench/bench_pipelines.py                     # bart-base geometry, 64 documents, every backend
-    python bench/bench_pipelines.py --quick             # tiny geometry, 16 documents (seconds)
-    python bench/bench_pipelines.py --backends torch --docs 32 --new-tokens 16
+    python bench/bench_pipelines.py --backends tf --tasks zero-shot     # one backend, one task
+    python bench/bench_pipelines.py --quick             # tiny geometry, 16 documents (about a minute)
+    python bench/bench_pipelines.py --device cuda       # torch sides on a GPU (tf and flax use theirs anyway)
 
 The reference has torch and TensorFlow pipelines only: tf is timed against its TF pipeline (TFBart, via
-tf-keras), torch and flax against its torch pipeline. Generation lengths are forced (``min_new_tokens ==
-max_new_tokens``) so both sides decode the same number of steps. Each side runs once untimed first (loading,
-tracing, compiling), then the median of ``--repeats`` timed runs. Outputs are checked equal before timing.
+tf-keras), torch and flax against its torch pipeline. Summaries are capped to ``--new-tokens`` (32) and forced
+to that length (``min_new_tokens == max_new_tokens``), so both sides decode the same number of steps. Warm-up,
+untimed: the compiled sides (our tf and flax) run the whole input once (tracing and compiling every shape
+bucket; the time of that first call is printed); the eager sides run one batch. Then the median of
+``--repeats`` timed runs over all documents. Results are compared after timing (scores within 1e-4).
 """
 
 from __future__ import annotations
@@ -92,14 +95,17 @@ def write_checkpoints(folder: str, geometry: dict, tf_too: bool) -> dict:
     return out
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    result = fn()  # warm-up: loading, tracing, compiling
+def timed(fn, warm_up, repeats: int) -> tuple[float, float, object]:
+    """(median seconds of ``fn()``, seconds of the untimed ``warm_up()``, the last result)."""
+    t0 = time.perf_counter()
+    warm_up()
+    first = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
+        result = fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
+    return statistics.median(times), first, result
 
 
 def close(a, b, atol=1e-4) -> bool:
@@ -118,15 +124,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny geometry, 16 documents")
     p.add_argument("--backends", default="torch,tf,flax")
+    p.add_argument("--tasks", default="summarization,zero-shot")
     p.add_argument("--docs", type=int, default=None, help="documents (default 64; 16 with --quick)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=None, help="summary length (default 32; 8 with --quick)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-batch-tokens", type=int, default=None,
+                   help="also cap our batches at this many padded input tokens (the reference has no such option)")
+    p.add_argument("--device", default=None, help="torch device of both torch pipelines, e.g. cuda")
     args = p.parse_args()
     n_docs = args.docs or (16 if args.quick else 64)
     new_tokens = args.new_tokens or (8 if args.quick else 32)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    started = time.perf_counter()
     import torch
     torch.set_num_threads(args.threads)
     import transformers
@@ -137,16 +149,22 @@ def main() -> None:
     rows = []
     try:
         dirs = write_checkpoints(folder, QUICK if args.quick else BASE, "tf" in backends)
-        print(f"processor: {processor_name()}; {n_docs} documents, batch_size {args.batch_size}, "
-              f"{'tiny' if args.quick else 'bart-base'} geometry; summaries: beam 4, {new_tokens} new tokens; "
-              f"zero-shot: {len(LABELS)} labels", flush=True)
+        device = args.device or "cpu"
+        if device.startswith("cuda"):
+            device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+        print(f"processor: {processor_name()}; torch device {device}; {n_docs} documents, batch_size "
+              f"{args.batch_size}{f', ours max_batch_tokens {args.max_batch_tokens}' if args.max_batch_tokens else ''}"
+              f", {'tiny' if args.quick else 'bart-base'} geometry; summaries: beam 4, every summary capped and "
+              f"forced to {new_tokens} new tokens on both sides; zero-shot: {len(LABELS)} labels", flush=True)
         for backend in backends:
             import importlib
             ours_module = importlib.import_module(f"bart_{backend}")
             framework = "tf" if backend == "tf" else "pt"
-            for task, name, call in (("summarization", "summarization", lambda pipe: pipe(docs, **gen)),
+            for task, name, call in (("summarization", "summarization", lambda pipe, x: pipe(x, **gen)),
                                      ("zero-shot", "zero-shot-classification",
-                                      lambda pipe: pipe(docs, candidate_labels=LABELS))):
+                                      lambda pipe, x: pipe(x, candidate_labels=LABELS))):
+                if task not in tasks:
+                    continue
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     model = dirs[task]
@@ -154,21 +172,29 @@ def main() -> None:
                         cls = "TFBartForConditionalGeneration" if task == "summarization" else \
                             "TFBartForSequenceClassification"
                         model = getattr(transformers, cls).from_pretrained(dirs[task], use_safetensors=False)
+                    torch_device = {"device": args.device} if args.device and backend == "torch" else {}
                     ref = transformers.pipeline(name, model=model, tokenizer=dirs[task], framework=framework,
-                                                batch_size=args.batch_size)
-                    ours = ours_module.pipeline(name, model=dirs[task], batch_size=args.batch_size)
-                    t_ref, r_ref = timed(lambda: call(ref), args.repeats)
-                    t_ours, r_ours = timed(lambda: call(ours), args.repeats)
+                                                batch_size=args.batch_size,
+                                                **(torch_device if framework == "pt" else {}))
+                    ours = ours_module.pipeline(name, model=dirs[task], batch_size=args.batch_size,
+                                                max_batch_tokens=args.max_batch_tokens, **torch_device)
+                    compiled = ours.runner.length_multiple is not None
+                    t_ref, _, r_ref = timed(lambda: call(ref, docs), lambda: call(ref, docs[:args.batch_size]),
+                                            args.repeats)
+                    t_ours, first, r_ours = timed(lambda: call(ours, docs),
+                                                  lambda: call(ours, docs if compiled else docs[:args.batch_size]),
+                                                  args.repeats)
                 same = close(r_ours, r_ref)
                 ratio = t_ref / t_ours
                 rows.append((backend, task, n_docs / t_ours, n_docs / t_ref, ratio, TARGETS[task], same,
                              f"{framework}"))
-                print(f"  {backend} {task}: ours {n_docs / t_ours:.2f} docs/s, reference ({framework}) "
+                print(f"  {backend} {task}: ours {n_docs / t_ours:.2f} docs/s"
+                      f"{f' (first call, compiling: {first:.1f} s)' if compiled else ''}, reference ({framework}) "
                       f"{n_docs / t_ref:.2f} docs/s, {ratio:.2f}x, same results: {same}", flush=True)
                 del ref, ours
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print()
+    print(f"\nwall time {(time.perf_counter() - started) / 60:.1f} min\n")
     print("| backend | task | ours (docs/s) | reference (docs/s) | ratio | target | met | same results |")
     print("|---|---|---:|---:|---:|---:|---|---|")
     for backend, task, ours, ref, ratio, target, same, framework in rows:

@@ -5,6 +5,7 @@
 3. Generate with greedy and beam search; save; reload; show the same output.
 4. Convert the checkpoint to every format (bart-convert), verify numerical equivalence across backends.
 5. Generate the same text with the TensorFlow (Keras 3) and JAX/Flax backends.
+6. Text in, text out: ``pipeline("text2text-generation", model=<the saved folder>)`` in each backend.
 
 Run: python examples/demo.py [--seconds 60] [--out out/demo]
 """
@@ -154,6 +155,18 @@ def main(argv=None) -> int:
     show("Flax beam search:", sources, flax_beam)
     same = tf_beam == beam and flax_beam == beam
     print(f"all three backends generate the same text: {same}")
+    ok &= same
+
+    banner("6. text in, text out: pipeline() on the saved folder, in each backend")
+    import bart_torch
+    texts = sources[:3]
+    answers = {}
+    for name, module in (("torch", bart_torch), ("tf", bart_tf), ("flax", bart_flax)):
+        pipe = module.pipeline("text2text-generation", model=str(all_dir), max_new_tokens=10, num_beams=4)
+        answers[name] = [r["generated_text"].strip() for r in pipe(texts)]
+        show(f'{name}: pipeline("text2text-generation", model="{all_dir.name}")', texts, answers[name])
+    same = all(a == [b.strip() for b in beam[:3]] for a in answers.values())
+    print(f"every backend's pipeline gives the beam search text of step 3: {same}")
     ok &= same
 
     banner("done" if ok else "FAILED")

@@ -188,6 +188,119 @@ def test_question_answering(backend, ours, reference):
                     ref(question=q[0], context=CONTEXT, top_k=2))
 
 
+# ============================================================================================ batching
+@pytest.mark.parametrize("multiple", [None, 16])
+@pytest.mark.parametrize("batch_size, max_tokens", [(8, None), (None, 256), (3, 100), (None, 10)])
+def test_plan_batches_respects_the_limits(batch_size, max_tokens, multiple):
+    """Every row once; longest first; at most batch_size rows and rows x padded width <= max_tokens (a row over
+    the budget alone); compiled runners: widths and short batches padded to powers of two."""
+    import numpy as np
+
+    from bart_core.pipelines import plan_batches
+
+    lengths = list(np.random.default_rng(0).integers(3, 90, size=41))
+    batches = plan_batches(lengths, batch_size, max_tokens, multiple)
+    seen = [i for picked, _, _ in batches for i in picked]
+    assert sorted(seen) == list(range(len(lengths)))
+    assert [lengths[i] for i in seen] == sorted(lengths, reverse=True)
+    for picked, rows, width in batches:
+        longest = max(lengths[i] for i in picked)
+        assert width >= longest and rows >= len(picked)
+        if batch_size is not None:
+            assert rows <= batch_size
+        if max_tokens is not None:
+            assert rows * width <= max_tokens or len(picked) == rows == 1
+        if multiple is None:
+            assert (rows, width) == (len(picked), longest)
+        else:
+            assert width >= multiple and width & (width - 1) == 0 and width < 2 * max(longest, multiple)
+            assert rows == len(picked) or (rows & (rows - 1) == 0 and rows < 2 * len(picked))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_token_budget_gives_the_unbatched_results(backend, ours, checkpoints):
+    """max_batch_tokens changes only the batches: results in input order, equal to batch_size=1's."""
+    import importlib
+    module = importlib.import_module(f"bart_{backend}")
+    texts = TEXTS + [t.upper() for t in TEXTS[:2]]  # 5 to 45 tokens: budgets of 64 and 200 cut 1 to 9 rows
+    labels = ["travel", "cooking", "literature"]
+    for task, kwargs, budgets in (("zero-shot-classification", dict(candidate_labels=labels), (64, 200)),
+                                  ("summarization", dict(max_new_tokens=3, num_beams=1), (64,))):
+        one = ours(backend, task, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = one(texts, **kwargs)
+            for budget in budgets:
+                pipe = module.pipeline(task, model=one.model, tokenizer=one.tokenizer, batch_size=None,
+                                       max_batch_tokens=budget)
+                assert pipe.batch_size is None and pipe.max_batch_tokens == budget
+                assert_same(pipe(texts, **kwargs), want, f"{task} max_batch_tokens={budget}")
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        module.pipeline("summarization", model=one.model, tokenizer=one.tokenizer, max_batch_tokens=0)
+
+
+@pytest.fixture
+def compile_counter():
+    """() -> programs compiled (jax) plus graphs traced (every tf.function made while the fixture is active)."""
+    import jax
+    import tensorflow as tf
+
+    global _COMPILES
+    if _COMPILES is None:  # jax listeners cannot be removed: one per process, counting while armed
+        _COMPILES = {"armed": False, "n": 0}
+
+        def listen(name, duration, **kw):
+            if _COMPILES["armed"] and name == "/jax/core/compile/backend_compile_duration":
+                _COMPILES["n"] += 1
+        jax.monitoring.register_event_duration_secs_listener(listen)
+    functions, make = [], tf.function
+
+    def counting_function(*args, **kwargs):
+        f = make(*args, **kwargs)
+        if callable(f) and hasattr(f, "experimental_get_tracing_count"):
+            functions.append(f)
+        return f
+    tf.function = counting_function
+    _COMPILES.update(armed=True, n=0)
+    try:
+        yield lambda: _COMPILES["n"] + sum(f.experimental_get_tracing_count() for f in functions)
+    finally:
+        tf.function = make
+        _COMPILES["armed"] = False
+
+
+_COMPILES = None
+
+
+@pytest.mark.parametrize("case", ["tf", pytest.param("tf-xla", marks=pytest.mark.slow), "flax"])
+def test_new_texts_in_the_same_buckets_compile_nothing(case, checkpoints, compile_counter):
+    """Compiled backends pad lengths and short batches to buckets, so a second call on other texts of lengths
+    in the same buckets (and as many) reuses every graph / program of the first: no tracing, no compilation.
+    Generation lengths are forced, so the eager crop of the output has one shape too."""
+    import importlib
+    backend = case.split("-")[0]
+    module = importlib.import_module(f"bart_{backend}")
+    first = ["A short one.", "A somewhat longer sentence about towers, rivers and bridges.", "Tiny.", "Hello."]
+    second = ["Another short.", "Some other longer sentence about cats, the sea and the moon.", "Hi.", "Bye now."]
+    extra = {"jit_compile": True} if case == "tf-xla" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for task, head, kwargs in (("summarization", "conditional_generation",
+                                    dict(max_new_tokens=3, min_new_tokens=3, num_beams=2, **extra)),
+                                   ("zero-shot-classification", "sequence_classification",
+                                    dict(candidate_labels=["travel", "cooking"]))):
+            if extra and task != "summarization":
+                continue
+            pipe = module.pipeline(task, model=checkpoints[head], batch_size=3)
+            lengths = [len(pipe.tokenizer(t)["input_ids"]) for t in first + second]
+            assert max(lengths) <= pipe.runner.length_multiple  # one length bucket
+            pipe(first, **kwargs)
+            compiled = compile_counter()
+            assert compiled > 0, "the counter sees nothing"
+            pipe(second, **kwargs)
+            assert compile_counter() == compiled, f"{task}: the second call compiled or traced again"
+
+
 def test_generation_defaults_come_from_the_checkpoint(ours, reference, checkpoints):
     """The pipeline decodes with max_new_tokens=256, num_beams=4 under the checkpoint's own options (here its
     token ids and forced_eos_token_id), as the reference."""
@@ -227,7 +340,8 @@ def run_cli(argv, stdin="", monkeypatch=None, capsys=None):
 def test_cli_stdin_and_files_in_order(checkpoints, reference, tmp_path, monkeypatch, capsys):
     model = checkpoints["sequence_classification"]
     labels = "travel,cooking,dancing"
-    rc, out, err = run_cli(["zero-shot-classification", "--model", model, "--labels", labels, "--batch-size", "3"],
+    rc, out, err = run_cli(["zero-shot-classification", "--model", model, "--labels", labels, "--max-batch-tokens",
+                            "64"],
                            "\n".join(TEXTS) + "\n\n", monkeypatch, capsys)
     assert rc == 0, err
     records = [json.loads(line) for line in out.splitlines()]
