@@ -5,7 +5,8 @@ Length conventions (as the reference, for an encoder-decoder): the decoder seque
 ``min_new_tokens`` do not (``max_new_tokens=n`` means ``max_length = 1 + n``). Processors run in this order on
 each step's scores (log-probabilities for beam search, raw logits for greedy and sampling):
 repetition penalty, no-repeat n-gram, min length, forced BOS, forced EOS; then, when sampling, temperature,
-top-k and top-p.
+top-k and top-p. Diverse (group) beam search subtracts its diversity penalty after all of them, as the reference's
+group beam search (transformers-community/group-beam-search, which transformers 4.57.6 runs) appends it last.
 
 Files and defaults (``generation_config.json``, as transformers 4.57.6 reads and writes it): ``from_pretrained``
 reads a checkpoint's ``generation_config.json``, else derives the options from the generation fields of its
@@ -25,7 +26,9 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, NamedTuple, Optional, Union
+
+import numpy as np
 
 from bart_core.config import CONFIG_NAME, BartConfig, ConfigError, read_json_object
 from bart_core.fileio import atomic_write_text
@@ -43,9 +46,6 @@ REFERENCE_ONLY_DEFAULTS: dict[str, Any] = {
     "begin_suppress_tokens": None, "sequence_bias": None, "token_healing": False, "guidance_scale": None,
     "watermarking_config": None,
     "encoder_no_repeat_ngram_size": 0, "penalty_alpha": None, "dola_layers": None,
-    # diverse beam search: transformers 4.57.6 no longer has it in the library (its generate fetches
-    # "transformers-community/group-beam-search" code from the hub), so there is no reference to match here
-    "diversity_penalty": 0.0, "num_beam_groups": 1,
     "constraints": None, "force_words_ids": None, "prompt_lookup_num_tokens": None,
     "max_matching_ngram_size": None, "assistant_early_exit": None,
 }
@@ -86,6 +86,8 @@ class GenerationConfig:
     repetition_penalty: float = 1.0        # > 1 discourages tokens already in the decoder sequence
     no_repeat_ngram_size: int = 0          # forbid repeating any n-gram of this size (0 disables)
     length_penalty: float = 1.0            # beam score = sum log-prob / generated_length ** length_penalty
+    num_beam_groups: int = 1               # > 1 (with num_beams > 1) selects diverse (group) beam search
+    diversity_penalty: float = 0.0         # group beam search: subtracted per earlier group's pick of a token
     early_stopping: Union[bool, str] = False  # True | False | "never" (beam search stopping rule)
     num_return_sequences: int = 1          # sequences per input (<= num_beams for beam search)
     forced_bos_token_id: Optional[int] = None  # token forced right after the start token
@@ -169,12 +171,20 @@ class GenerationConfig:
         need(self.early_stopping in (True, False, "never"),
              f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         need(self.num_return_sequences >= 1, f"num_return_sequences must be >= 1, got {self.num_return_sequences}")
+        need(self.num_beam_groups >= 1, f"num_beam_groups must be >= 1, got {self.num_beam_groups}")
+        need(self.diversity_penalty >= 0, f"diversity_penalty must be >= 0, got {self.diversity_penalty}")
         if self.num_beams > 1:
             need(self.num_return_sequences <= self.num_beams,
                  f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams ({self.num_beams})")
         elif not self.do_sample:
             need(self.num_return_sequences == 1,
                  "num_return_sequences > 1 needs do_sample=True or num_beams >= num_return_sequences")
+        if self.num_beams > 1 and self.num_beam_groups > 1:  # as the reference's group beam search refuses them
+            need(self.num_beams % self.num_beam_groups == 0,
+                 f"num_beams ({self.num_beams}) must be divisible by num_beam_groups ({self.num_beam_groups})")
+            need(not self.do_sample, "num_beam_groups > 1 (diverse beam search) needs do_sample=False")
+            need(self.diversity_penalty > 0, "num_beam_groups > 1 needs diversity_penalty > 0, otherwise the "
+                                             "groups are identical")
         need(self.total_max_length > 1, "max_length must leave room for at least one new token")
 
     @property
@@ -482,12 +492,87 @@ def check_generate_source(gen: GenerationConfig, causal: bool, has_input_ids: bo
     return gen.bos_token_id
 
 
-def refuse_step_outputs(gen: GenerationConfig, backend: str, why: str) -> None:
-    """Backends whose decoding loop is one compiled program keep no per-step network outputs: refuse the flags."""
-    for flag in ("output_attentions", "output_hidden_states", "output_logits"):
-        if gen._get(flag):
-            raise ValueError(f"generate({flag}=True) is not supported by the {backend} backend: {why} (bart_torch "
-                             "has it)")
+# ============================================================================ the decoding vocabulary
+# What the three backends' ``generation.py`` share beyond the options: the names and numbers of the search loops
+# (``docs/design.md``, "Decoding"). Loops: ``sample_search`` (arg-max or sampling), ``beam_search``; state:
+# ``cur_len`` (decoder positions filled, start included), ``unfinished`` (per row, sample_search), ``finished``
+# (per kept hypothesis, beam_search), ``stop`` (the loop's stop flag).
+
+BEAM_FILL = -1.0e9          # the reference's score of a slot that must not be chosen (placeholder beams, ended rows)
+CANDIDATES_PER_BEAM = 2     # beam search ranks 2 * num_beams continuations per step: enough for num_beams that go
+#                             on even if num_beams of them end (one eos id)
+
+
+def num_candidates(num_beams: int) -> int:
+    """Continuations ranked per input and step by beam search (the reference's ``beams_to_keep``)."""
+    return CANDIDATES_PER_BEAM * num_beams
+
+
+def length_normalizer(generated: int, length_penalty: float) -> float:
+    """The divisor of a hypothesis' summed log-probability: ``generated ** length_penalty``, ``generated`` counting
+    the tokens after the decoder prompt (EOS included). A Python (float64) power, as the reference; the float32
+    score is divided by it. Length 0 (never used for a score) gives 1."""
+    return float(generated) ** length_penalty if generated > 0 else 1.0
+
+
+def length_normalizers(max_generated: int, length_penalty: float) -> np.ndarray:
+    """``length_normalizer(n)`` for n in ``[0, max_generated]``, float32: the table compiled loops index."""
+    return np.array([length_normalizer(n, length_penalty) for n in range(max_generated + 1)], np.float32)
+
+
+def bound_length(cur_len: Any, prompt: int, gen: GenerationConfig) -> Any:
+    """Generated length by which the best running beam is normalised when asking whether it can still beat the
+    worst kept hypothesis (the reference's early-stopping heuristic): ``max_length`` with ``early_stopping="never"``
+    and a positive length penalty (the best it could reach), else the current length. ``cur_len`` may be a tensor."""
+    if gen.early_stopping == "never" and gen.length_penalty > 0.0:
+        return gen.max_length - prompt
+    return cur_len - prompt
+
+
+class SearchResult(NamedTuple):
+    """What ``sample_search`` and ``beam_search`` return, in every backend. Compiled loops (TF graph / XLA, jax)
+    cannot crop: their arrays keep the static ``max_length`` / step sizes and ``length`` / ``steps`` say how much is
+    used (``generate`` crops when it runs eagerly)."""
+    sequences: Any                 # (N_out, L) ids, start sequence first, pad_token_id after the end
+    length: Any                    # columns of ``sequences`` in use (int or scalar tensor)
+    steps: Any                     # decoding steps run (one per generated column)
+    scores: Any = None             # output_scores: processed scores, (steps, N, V) (torch: a tuple per step)
+    sequences_scores: Any = None   # beam search: (N_out,) length-normalised scores of the returned hypotheses
+    beam_indices: Any = None       # beam search: (N_out, steps) row (batch * num_beams + beam) each token came
+    #                                from, -1 after the hypothesis ended
+    step_outputs: Any = None       # what the step function returned beside logits and cache, per step (stacked
+    #                                on a leading step axis; torch: a tuple per step)
+
+
+def step_outputs_layout(outputs: Any, steps: int, prompt: int, causal: bool) -> dict:
+    """Per-step network outputs (``SearchResult.step_outputs``: a mapping of ``logits`` (steps, N, V),
+    ``self_attentions`` / ``cross_attentions`` / ``hidden_states``: per layer (steps, N, H, 1, capacity) /
+    (steps, N, H, 1, S) / (steps, N, 1, D), numpy) -> the reference's ``GenerateOutput`` fields: a tuple per step,
+    of a tuple per layer; self-attentions cut to the keys filled at that step (``prompt + i`` at step ``i``)."""
+    out: dict = {}
+    if "logits" in outputs:
+        out["logits"] = tuple(outputs["logits"][i] for i in range(steps))
+    if "self_attentions" in outputs:
+        attn = tuple(tuple(layer[i][..., :prompt + i] for layer in outputs["self_attentions"])
+                     for i in range(steps))
+        out["attentions" if causal else "decoder_attentions"] = attn
+        if not causal:
+            out["cross_attentions"] = tuple(tuple(layer[i] for layer in outputs["cross_attentions"])
+                                            for i in range(steps))
+    if "hidden_states" in outputs:
+        out["hidden_states" if causal else "decoder_hidden_states"] = tuple(
+            tuple(layer[i] for layer in outputs["hidden_states"]) for i in range(steps))
+    return out
+
+
+def network_step_outputs(gen: GenerationConfig, prompt: int, backend: str) -> None:
+    """Compiled loops keep the network's per-step attentions and hidden states in buffers of one shape per step, so
+    the first step must feed one token as the later ones: refuse ``output_attentions`` / ``output_hidden_states``
+    when the decoder prompt is longer (a ``decoder_input_ids`` prefix, a causal-LM prompt)."""
+    if prompt > 1 and (gen.output_attentions or gen.output_hidden_states):
+        raise ValueError(f"generate(output_attentions / output_hidden_states=True) with a decoder prompt of {prompt} "
+                         f"tokens is not supported by the {backend} backend (its first step would return outputs of "
+                         f"another shape); bart_torch has it")
 
 
 def bad_word_sequences(gen: GenerationConfig) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:
@@ -503,7 +588,6 @@ def bad_word_sequences(gen: GenerationConfig) -> tuple[tuple[int, ...], tuple[tu
 def decoder_prompt(decoder_input_ids: Any, decoder_start_token_id: int):
     """The decoder sequence ``generate`` continues, from ``decoder_input_ids`` (B, T) (numpy): as the reference,
     the start token is put in front when no row begins with it."""
-    import numpy as np
     ids = np.asarray(decoder_input_ids)
     if ids.ndim == 1:
         ids = ids[None]

@@ -182,7 +182,9 @@ class GenerateOutput(ModelOutput):
 
     sequences: Any = None                      # (B * num_return_sequences, L), decoder start token first
     scores: Optional[tuple] = None             # one (B * beams, V) array of processed scores per step
-    sequences_scores: Any = None               # beam search: final length-normalised score per sequence
+    sequences_scores: Any = None               # beam search with output_scores: final length-normalised scores
+    beam_indices: Any = None                   # beam search: (B * num_return_sequences, generated) source row
+    #                                            (batch * num_beams + beam) of each token, -1 after the end
     logits: Optional[tuple] = None             # output_logits: one (B * beams, V) array of raw logits per step
     # output_attentions / output_hidden_states, as the reference: encoder ones once; decoder ones per step, each a
     # tuple over layers ((N, H, t, past + t) attentions, (N, t, D) hidden states, t = 1 after the first step)

@@ -1,4 +1,5 @@
-"""Decoding as one compiled program: greedy, sampling and beam search in ``lax.while_loop``.
+"""Decoding for the Flax backend, as one compiled program: ``sample_search`` (arg-max and sampling) and
+``beam_search`` in ``lax.while_loop``.
 
 Both generating heads use the same loops, which start from a sequence ``start (N, L0)``: the decoder start token
 (``BartForConditionalGeneration``, L0 = 1, after one encoder pass) or the prompt (``BartForCausalLM``, repeated
@@ -7,16 +8,18 @@ first step feeds the last prompt token). ``max_length`` and ``min_length`` count
 and ``min_new_tokens`` do not; as the reference, a ``max_length`` left at its default of 20 means 20 new tokens
 (``bart_core.generation.resolve_lengths``).
 
-Decoding knows the network only through ``step(tokens (N, t), cache) -> (logits (N, V) float32, cache)``
-(t = 1 in the loops, L0 - 1 for the prefill) and, for beam search, ``reorder(cache, index (N,)) -> cache``.
-Options are ``bart_core.GenerationConfig``; length conventions and the processor order are written there. Beam
-search follows the vectorised reference algorithm of transformers 4.57.6 (keep 2 * num_beams candidates, the best
-non-finished num_beams continue, only the top num_beams may finish, finished hypotheses ranked by sum log-prob /
-generated_length ** length_penalty, the early-stopping heuristic), so tokens are identical to the reference.
+Decoding knows the network only through ``step(tokens (N, t), cache) -> (logits (N, V) float32, cache, outputs)``
+(t = 1 in the loops, L0 - 1 for the prefill; ``outputs`` the per-step network outputs asked for, a dict) and, for
+beam search, ``reorder(cache, rows (N,)) -> cache`` (``bart_flax.cache.reorder_cache``). The three backends'
+``generation.py`` are translations of one another (same loops, state names and
+``bart_core.generation.SearchResult``; the framework-free numbers in ``bart_core.generation``; the vocabulary in
+``docs/design.md``, "Decoding"); this module imports nothing from ``modeling`` (the model provides its linen module,
+``init_cache`` and ``_check_generate_inputs``). Beam search follows the vectorised reference algorithm of
+transformers 4.57.6, so tokens are identical to the reference.
 
-Static shapes: the sequence buffer is ``(N, max_length)`` filled with ``pad_token_id``; the program returns it
-with the final length. ``generate`` called eagerly cuts the buffer to that length; under an outer ``jax.jit``
-the full padded buffer is returned.
+Static shapes: the sequence buffer is ``(N, max_length)`` filled with ``pad_token_id``, per-step outputs go to
+``(max_length - L0, ...)`` buffers; the program returns them with the final length. ``generate`` called eagerly
+cuts them to that length; under an outer ``jax.jit`` the full padded buffers are returned.
 """
 
 from __future__ import annotations
@@ -31,18 +34,24 @@ from jax import lax
 
 from bart_core import GenerationConfig
 from bart_core.generation import (
+    BEAM_FILL,
+    SearchResult,
     bad_word_sequences,
+    bound_length,
     check_generate_source,
     decoder_prompt,
-    refuse_step_outputs,
+    length_normalizers,
+    network_step_outputs,
+    num_candidates,
     resolve_generation_config,
     resolve_lengths,
+    step_outputs_layout,
 )
 from bart_core.inputs import check_unpadded_prompt, infer_attention_mask
 from bart_core.outputs import FlaxBeamSearchOutput, FlaxGreedySearchOutput, FlaxSampleOutput, GenerateOutput
+from bart_flax.cache import reorder_cache
 
 NEG_INF = -jnp.inf
-BEAM_FILL = -1.0e9   # the reference's "impossible" beam score
 
 
 # ============================================================================ logits processors
@@ -137,201 +146,240 @@ def warp_for_sampling(scores, gen: GenerationConfig, keep: int = 1):
     return scores
 
 
-# ============================================================================ greedy and sampling
-def sample_loop(step: Callable, cache, start, gen: GenerationConfig, key, output_scores: bool, vocab: int):
-    """Greedy (arg-max) or sampling continuing start (N, L0); the cache holds positions 0..L0-2.
-    Returns (seqs (N, L), length, scores (L - L0, N, V) or None)."""
-    (num, prompt), length = start.shape, gen.total_max_length
-    seqs = jnp.full((num, length), gen.pad_token_id, jnp.int32).at[:, :prompt].set(start)  # (N, L)
-    scores_buf = jnp.zeros((length - prompt, num, vocab), jnp.float32) if output_scores else None
+# ============================================================================ search loops
+def _step_buffers(step: Callable, tokens, cache, steps: int):
+    """Zero buffers (steps, ...) for the per-step ``outputs`` of ``step`` (shapes from an abstract evaluation) and
+    the vocabulary size: a ``lax.while_loop`` needs its state before the first step."""
+    logits, _, outputs = jax.eval_shape(step, tokens, cache)
+    return jax.tree_util.tree_map(lambda x: jnp.zeros((steps,) + x.shape, x.dtype), outputs), logits.shape[-1]
+
+
+def _record(buffers, i, outputs):
+    """Write one step's outputs at step ``i`` of ``buffers`` (the same structure, with a leading step axis)."""
+    return jax.tree_util.tree_map(lambda buf, x: lax.dynamic_update_index_in_dim(buf, x.astype(buf.dtype), i, 0),
+                                  buffers, outputs)
+
+
+def sample_search(step: Callable, cache, start, gen: GenerationConfig, rng=None) -> SearchResult:
+    """Arg-max, or sampling when ``gen.do_sample``, continuing start (N, L0); the cache holds positions 0..L0-2.
+    ``rng``: the jax key of the draws."""
+    (num, prompt), max_length = start.shape, gen.total_max_length
+    sequences = jnp.full((num, max_length), gen.pad_token_id, jnp.int32).at[:, :prompt].set(start)  # (N, L)
+    step_buffers, vocab = _step_buffers(step, start[:, -1:], cache, max_length - prompt)
+    scores = jnp.zeros((max_length - prompt, num, vocab), jnp.float32) if gen.output_scores else None
     eos = gen.eos_token_id
 
     def cond(state):
-        cur_len, _, unfinished, *_ = state
-        return (cur_len < length) & jnp.any(unfinished)
+        cur_len, _, _, stop, *_ = state
+        return (cur_len < max_length) & ~stop
 
     def body(state):
-        cur_len, seqs, unfinished, cache, key, scores_buf = state
-        tokens = lax.dynamic_slice(seqs, (0, cur_len - 1), (num, 1))           # (N, 1)
-        logits, cache = step(tokens, cache)                                    # (N, V)
-        scores = process_scores(logits, seqs, cur_len, gen)
+        cur_len, sequences, unfinished, stop, cache, rng, scores, step_buffers = state
+        tokens = lax.dynamic_slice(sequences, (0, cur_len - 1), (num, 1))                # (N, 1)
+        logits, cache, outputs = step(tokens, cache)                                       # (N, V)
+        step_scores = process_scores(logits, sequences, cur_len, gen)
+        if scores is not None:
+            scores = lax.dynamic_update_index_in_dim(scores, step_scores, cur_len - prompt, 0)
+        step_buffers = _record(step_buffers, cur_len - prompt, outputs)
         if gen.do_sample:
-            key, sub = jax.random.split(key)
-            nxt = jax.random.categorical(sub, warp_for_sampling(scores, gen), axis=-1)
+            rng, draw = jax.random.split(rng)
+            next_tokens = jax.random.categorical(draw, warp_for_sampling(step_scores, gen), axis=-1)
         else:
-            nxt = jnp.argmax(scores, axis=-1)
-        nxt = jnp.where(unfinished, nxt, gen.pad_token_id).astype(jnp.int32)  # (N,)
-        seqs = lax.dynamic_update_slice(seqs, nxt[:, None], (0, cur_len))
+            next_tokens = jnp.argmax(step_scores, axis=-1)
+        next_tokens = jnp.where(unfinished, next_tokens, gen.pad_token_id).astype(jnp.int32)  # (N,)
         if eos is not None:
-            unfinished = unfinished & (nxt != eos)
-        if scores_buf is not None:
-            scores_buf = lax.dynamic_update_slice(scores_buf, scores[None], (cur_len - prompt, 0, 0))
-        return cur_len + 1, seqs, unfinished, cache, key, scores_buf
+            unfinished = unfinished & (next_tokens != eos)
+        sequences = lax.dynamic_update_slice(sequences, next_tokens[:, None], (0, cur_len))
+        cur_len = cur_len + 1
+        stop = ~jnp.any(unfinished)
+        return cur_len, sequences, unfinished, stop, cache, rng, scores, step_buffers
 
-    state = (jnp.int32(prompt), seqs, jnp.ones((num,), bool), cache, key, scores_buf)
-    cur_len, seqs, _, _, _, scores_buf = lax.while_loop(cond, body, state)
-    return seqs, cur_len, scores_buf
+    state = (jnp.int32(prompt), sequences, jnp.ones((num,), bool), jnp.array(False), cache,
+             jax.random.PRNGKey(0) if rng is None else rng, scores, step_buffers)
+    cur_len, sequences, _, _, _, _, scores, step_buffers = lax.while_loop(cond, body, state)
+    return SearchResult(sequences, cur_len, cur_len - prompt, scores=scores, step_outputs=step_buffers or None)
 
 
-# ============================================================================ beam search
 def _gather(x, idx):
     """x (B, K, ...), idx (B, J) -> (B, J, ...)."""
     return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def beam_search(step: Callable, reorder: Callable, cache, start, gen: GenerationConfig,
-                output_scores: bool, vocab: int, key=None):
-    """Beams continuing start (B * num_beams, L0), beams of one input adjacent; the cache holds positions
-    0..L0-2. With ``gen.do_sample`` (beam sampling) the 2 * num_beams candidates are drawn without replacement
-    from the softmax of the accumulated scores (Gumbel top-k), in the order drawn, as the reference's. Returns (seqs (B * num_return_sequences, L), length, scores (steps, B * nb, V) or None,
-    sequence scores (B * nrs,), final cur_len)."""
-    nb, length, lp, es = gen.num_beams, gen.total_max_length, gen.length_penalty, gen.early_stopping
-    keep = 2 * nb                                                              # one eos token id: (1 + 1) * nb
-    prompt = start.shape[1]
-    batch = start.shape[0] // nb
-    eos = -1 if gen.eos_token_id is None else gen.eos_token_id
-    fill = gen.pad_token_id if gen.pad_token_id else (gen.eos_token_id if gen.eos_token_id is not None else -1)
-    # python float n ** lp rounded to float32, as the reference divides float32 scores by a python scalar
-    denom = jnp.asarray(np.array([float(n) ** lp if n > 0 else 1.0 for n in range(length + 2)], np.float32))
-    top_mask = jnp.arange(keep) < nb                                           # (2nb,)
-    batch_offset = (jnp.arange(batch) * nb)[:, None]                           # (B, 1)
+def _write_column(x, i, values):
+    """x (B, K, L), values (B, K) -> x with column i set."""
+    return lax.dynamic_update_slice(x, values[:, :, None].astype(x.dtype), (0, 0, i))
 
-    running = jnp.full((batch, nb, length), fill, jnp.int32).at[:, :, :prompt].set(
-        start.reshape(batch, nb, prompt))                                      # (B, nb, L)
+
+def beam_search(step: Callable, reorder: Callable, cache, start, gen: GenerationConfig, rng=None) -> SearchResult:
+    """Beams continuing start (B * num_beams, L0), beams of one input adjacent; the cache holds positions
+    0..L0-2. With ``gen.do_sample`` (beam sampling) the candidates are drawn without replacement from the softmax
+    of the accumulated scores (Gumbel top-k), in the order drawn, as the reference's."""
+    num_beams, max_length = gen.num_beams, gen.total_max_length
+    candidates = num_candidates(num_beams)
+    prompt = start.shape[1]
+    b = start.shape[0] // num_beams
+    eos = -1 if gen.eos_token_id is None else gen.eos_token_id
+    fill = (gen.pad_token_id or gen.eos_token_id) if gen.eos_token_id is not None else -1
+    normalizers = jnp.asarray(length_normalizers(max_length - prompt, gen.length_penalty))  # (L - L0 + 1,)
+    top_beams = jnp.arange(candidates) < num_beams                                  # (C,) may finish
+    batch_offset = (jnp.arange(b) * num_beams)[:, None]                              # (B, 1)
+    step_buffers, vocab = _step_buffers(step, start[:, -1:], cache, max_length - prompt)
+
+    running = jnp.full((b, num_beams, max_length), fill, jnp.int32).at[:, :, :prompt].set(
+        start.reshape(b, num_beams, prompt))                                          # (B, nb, L)
+    no_indices = jnp.full((b, num_beams, max_length - prompt), -1, jnp.int32)        # (B, nb, L - L0)
     state = dict(
         cur_len=jnp.int32(prompt), running=running,
-        running_scores=jnp.zeros((batch, nb), jnp.float32).at[:, 1:].set(BEAM_FILL),
-        seqs=running, beam_scores=jnp.full((batch, nb), BEAM_FILL, jnp.float32),
-        lengths=jnp.full((batch, nb), prompt, jnp.int32), finished=jnp.zeros((batch, nb), bool),
-        heuristic=jnp.ones((batch, 1), bool), hits=jnp.zeros((batch, keep), bool), done=jnp.array(False),
-        cache=cache, key=jax.random.PRNGKey(0) if key is None else key,
-        scores=jnp.zeros((length - prompt, batch * nb, vocab), jnp.float32) if output_scores else None)
+        running_scores=jnp.zeros((b, num_beams), jnp.float32).at[:, 1:].set(BEAM_FILL),
+        running_beam_indices=no_indices,
+        sequences=running, beam_scores=jnp.full((b, num_beams), BEAM_FILL, jnp.float32), beam_indices=no_indices,
+        finished=jnp.zeros((b, num_beams), bool), finished_len=jnp.zeros((b, num_beams), jnp.int32),
+        improvable=jnp.ones((b, 1), bool), stop=jnp.array(False),
+        cache=cache, rng=jax.random.PRNGKey(0) if rng is None else rng,
+        scores=jnp.zeros((max_length - prompt, b * num_beams, vocab), jnp.float32) if gen.output_scores else None,
+        step_buffers=step_buffers)
 
     def cond(s):
-        return ~s["done"]
+        return (s["cur_len"] < max_length) & ~s["stop"]
 
     def body(s):
-        cur_len = s["cur_len"]
-        flat = s["running"].reshape(batch * nb, length)                         # (B*nb, L)
-        tokens = lax.dynamic_slice(flat, (0, cur_len - 1), (batch * nb, 1))
-        logits, cache = step(tokens, s["cache"])                               # (B*nb, V)
+        cur_len, rng = s["cur_len"], s["rng"]
+        flat = s["running"].reshape(b * num_beams, max_length)                       # (B*nb, L)
+        tokens = lax.dynamic_slice(flat, (0, cur_len - 1), (b * num_beams, 1))
+        logits, cache, outputs = step(tokens, s["cache"])                            # (B*nb, V)
         log_probs = process_scores(jax.nn.log_softmax(logits, axis=-1), flat, cur_len, gen)
-        key = s["key"]
         if gen.do_sample:
             log_probs = warp_for_sampling(log_probs, gen, keep=2)
-        scores_buf = s["scores"]
-        if scores_buf is not None:
-            scores_buf = lax.dynamic_update_slice(scores_buf, log_probs[None], (cur_len - prompt, 0, 0))
-        acc = (log_probs.reshape(batch, nb, vocab) + s["running_scores"][:, :, None]).reshape(batch, nb * vocab)
+        scores = s["scores"]
+        if scores is not None:
+            scores = lax.dynamic_update_index_in_dim(scores, log_probs, cur_len - prompt, 0)
+        step_buffers = _record(s["step_buffers"], cur_len - prompt, outputs)
+        total = (log_probs.reshape(b, num_beams, vocab) + s["running_scores"][:, :, None]).reshape(
+            b, num_beams * vocab)
 
-        # c. top 2*nb continuations among all beams
+        # the best `candidates` continuations of all beams (drawn, when sampling)
         if gen.do_sample:  # sampling without replacement: top-k of the scores plus Gumbel noise
-            key, sub = jax.random.split(key)
-            topk_idx = lax.top_k(acc + jax.random.gumbel(sub, acc.shape), keep)[1]
-            topk_scores = jnp.take_along_axis(acc, topk_idx, axis=1)
+            rng, draw = jax.random.split(rng)
+            cand_index = lax.top_k(total + jax.random.gumbel(draw, total.shape), candidates)[1]
+            cand_scores = jnp.take_along_axis(total, cand_index, axis=1)
         else:
-            topk_scores, topk_idx = lax.top_k(acc, keep)                       # (B, 2nb)
-        from_beam, topk_ids = topk_idx // vocab, (topk_idx % vocab).astype(jnp.int32)
-        topk_seqs = _gather(s["running"], from_beam)                           # (B, 2nb, L)
-        topk_seqs = lax.dynamic_update_slice(topk_seqs, topk_ids[:, :, None], (0, 0, cur_len))
-        # d. which of them stop here (eos or max length)
-        hits = (topk_ids == eos) | (cur_len + 1 >= length)                     # (B, 2nb)
+            cand_scores, cand_index = lax.top_k(total, candidates)                    # (B, C)
+        cand_parent, cand_tokens = cand_index // vocab, (cand_index % vocab).astype(jnp.int32)
+        cand_seqs = _write_column(_gather(s["running"], cand_parent), cur_len, cand_tokens)  # (B, C, L)
+        cand_beam_indices = _write_column(_gather(s["running_beam_indices"], cand_parent), cur_len - prompt,
+                                          cand_parent + batch_offset)                  # (B, C, L - L0)
+        ends = (cand_tokens == eos) | (cur_len + 1 >= max_length)                     # (B, C)
 
-        # e. the best non-finished nb continue
-        cont_scores = topk_scores + hits.astype(jnp.float32) * BEAM_FILL
-        nxt = lax.top_k(cont_scores, nb)[1]                                    # (B, nb)
-        running = _gather(topk_seqs, nxt)
-        running_scores = _gather(cont_scores, nxt)
-        cache = reorder(cache, (_gather(from_beam, nxt) + batch_offset).reshape(-1))
+        # the num_beams best candidates that did not end go on
+        go_on_scores = cand_scores + ends.astype(jnp.float32) * BEAM_FILL
+        go_on = lax.top_k(go_on_scores, num_beams)[1]                                 # (B, nb)
+        running = _gather(cand_seqs, go_on)
+        running_scores = _gather(go_on_scores, go_on)
+        running_beam_indices = _gather(cand_beam_indices, go_on)
 
-        # f. merge newly finished (only the top nb candidates) into the finished set
-        just_finished = hits & top_mask[None]
-        fin = topk_scores / denom[cur_len + 1 - prompt]
-        if es is True:
-            fin = fin + jnp.all(s["finished"], axis=-1, keepdims=True).astype(jnp.float32) * BEAM_FILL
-        fin = fin + (~s["heuristic"]).astype(jnp.float32) * BEAM_FILL
-        fin = fin + (~just_finished).astype(jnp.float32) * BEAM_FILL
-        merged_scores = jnp.concatenate([s["beam_scores"], fin], axis=1)       # (B, 3nb)
-        best = lax.top_k(merged_scores, nb)[1]
-        seqs = _gather(jnp.concatenate([s["seqs"], topk_seqs], axis=1), best)
+        # candidates among the top num_beams that ended join the kept hypotheses, scored with their length
+        newly_finished = ends & top_beams[None]
+        normed = cand_scores / normalizers[cur_len + 1 - prompt]
+        all_finished = jnp.all(s["finished"], axis=-1, keepdims=True) & (gen.early_stopping is True)
+        normed = normed + all_finished.astype(jnp.float32) * BEAM_FILL
+        normed = normed + (~s["improvable"]).astype(jnp.float32) * BEAM_FILL
+        normed = normed + (~newly_finished).astype(jnp.float32) * BEAM_FILL
+        merged_scores = jnp.concatenate([s["beam_scores"], normed], axis=1)          # (B, nb + C)
+        best = lax.top_k(merged_scores, num_beams)[1]                                 # (B, nb)
+        sequences = _gather(jnp.concatenate([s["sequences"], cand_seqs], axis=1), best)
         beam_scores = _gather(merged_scores, best)
-        lengths = _gather(jnp.concatenate([s["lengths"], jnp.full((batch, keep), cur_len + 1)], axis=1), best)
-        finished = _gather(jnp.concatenate([s["finished"], just_finished], axis=1), best)
+        beam_indices = _gather(jnp.concatenate([s["beam_indices"], cand_beam_indices], axis=1), best)
+        finished = _gather(jnp.concatenate([s["finished"], newly_finished], axis=1), best)
+        finished_len = _gather(jnp.concatenate([s["finished_len"], jnp.full((b, candidates),
+                                                                            cur_len + 1 - prompt)], axis=1), best)
 
-        # g. stopping: can a running beam still beat the worst finished one?
+        cache = reorder(cache, (_gather(cand_parent, go_on) + batch_offset).reshape(-1))
         cur_len = cur_len + 1
-        best_len = (length - prompt) if (es == "never" and lp > 0.0) else (cur_len - prompt)
-        best_running = running_scores[:, :1] / denom[best_len]
-        worst = jnp.where(finished, jnp.min(beam_scores, axis=1, keepdims=True), BEAM_FILL)
-        heuristic = s["heuristic"] & jnp.any(best_running > worst, axis=-1, keepdims=True)
-        open_beam = ~(jnp.all(finished) & (es is True))
-        go_on = jnp.any(heuristic) & open_beam & ~jnp.all(hits)
-        return dict(cur_len=cur_len, running=running, running_scores=running_scores, seqs=seqs,
-                    beam_scores=beam_scores, lengths=lengths, finished=finished, heuristic=heuristic, hits=hits,
-                    done=~go_on, cache=cache, scores=scores_buf, key=key)
+        # can the best running beam still beat the worst kept hypothesis?
+        best_running = running_scores[:, :1] / normalizers[bound_length(cur_len, prompt, gen)]
+        worst_kept = jnp.where(finished, jnp.min(beam_scores, axis=1, keepdims=True), BEAM_FILL)
+        improvable = s["improvable"] & jnp.any(best_running > worst_kept, axis=-1, keepdims=True)
+        stop = (~jnp.any(improvable) | (jnp.all(finished) & (gen.early_stopping is True)) | jnp.all(ends))
+        return dict(cur_len=cur_len, running=running, running_scores=running_scores,
+                    running_beam_indices=running_beam_indices, sequences=sequences, beam_scores=beam_scores,
+                    beam_indices=beam_indices, finished=finished, finished_len=finished_len, improvable=improvable,
+                    stop=stop, cache=cache, rng=rng, scores=scores, step_buffers=step_buffers)
 
     s = lax.while_loop(cond, body, state)
-    nrs = gen.num_return_sequences
-    seqs = s["seqs"][:, :nrs].reshape(batch * nrs, length)
-    out_len = jnp.max(s["lengths"][:, :nrs])
-    return seqs, out_len, s["scores"], s["beam_scores"][:, :nrs].reshape(-1), s["cur_len"]
+    r = gen.num_return_sequences
+    return SearchResult(s["sequences"][:, :r].reshape(b * r, max_length),
+                        prompt + jnp.max(s["finished_len"][:, :r]), s["cur_len"] - prompt, scores=s["scores"],
+                        sequences_scores=s["beam_scores"][:, :r].reshape(-1),
+                        beam_indices=s["beam_indices"][:, :r].reshape(b * r, max_length - prompt),
+                        step_outputs=s["step_buffers"] or None)
 
 
-# ============================================================================ the compiled program
+# ============================================================================ model glue (one compiled program)
 def _seq2seq_start(model, gen: GenerationConfig, params, input_ids, attention_mask, group: int, prefix=None,
                    inputs_embeds=None):
-    """Encode once, precompute cross-attention keys/values. Returns (start (N, L0), cache, decoder); start is the
-    decoder start token, or ``prefix`` (B, L0) repeated per hypothesis."""
+    """Encode once; repeat the encoder output per hypothesis and precompute its cross-attention keys/values.
+    Returns (start (N, L0), cache, decoder, encoder output); start is the decoder start token, or ``prefix``
+    (B, L0) repeated per hypothesis."""
     module = model.module
     enc = module.apply({"params": params}, input_ids, attention_mask, inputs_embeds=inputs_embeds,
+                       output_attentions=gen.output_attentions, output_hidden_states=gen.output_hidden_states,
                        method="encode", deterministic=True)
-    num = attention_mask.shape[0] * group                                      # hypotheses; they share enc rows
-    start = jnp.full((num, 1), gen.decoder_start_token_id, jnp.int32) if prefix is None else \
+    hidden = jnp.repeat(enc.last_hidden_state, group, axis=0)                   # (N, S, D), one row per hypothesis
+    mask = jnp.repeat(attention_mask, group, axis=0)                             # (N, S)
+    start = jnp.full((hidden.shape[0], 1), gen.decoder_start_token_id, jnp.int32) if prefix is None else \
         jnp.repeat(prefix, group, axis=0)
-    cache = model.init_cache(num, gen.total_max_length - 1, enc.last_hidden_state, params=params)
+    cache = model.init_cache(hidden.shape[0], gen.total_max_length - 1, hidden, params=params)
 
     def decoder(tokens, cache):
-        return module.apply({"params": params}, tokens, None, attention_mask, cache=cache, method="decode",
+        return module.apply({"params": params}, tokens, None, mask, cache=cache, method="decode",
+                            output_attentions=gen.output_attentions, output_hidden_states=gen.output_hidden_states,
                             deterministic=True)
-    return start, cache, decoder
+    return start, cache, decoder, enc
 
 
 def _causal_start(model, gen: GenerationConfig, params, input_ids, attention_mask, group: int, prefix=None,
                   inputs_embeds=None):
-    """The prompt repeated per hypothesis, no encoder. Returns (start (N, L0), empty cache, decoder)."""
+    """The prompt repeated per hypothesis, no encoder. Returns (start (N, L0), empty cache, decoder, None)."""
     start = jnp.repeat(input_ids, group, axis=0)                               # (N, L0)
     cache = model.init_cache(start.shape[0], gen.total_max_length - 1)
 
     def decoder(tokens, cache):
-        return model.module.apply({"params": params}, tokens, cache=cache, deterministic=True)
-    return start, cache, decoder
+        return model.module.apply({"params": params}, tokens, cache=cache, output_attentions=gen.output_attentions,
+                                  output_hidden_states=gen.output_hidden_states, deterministic=True)
+    return start, cache, decoder, None
 
 
-def _program(model, gen: GenerationConfig, params, input_ids, attention_mask, key, prefix=None, inputs_embeds=None):
+def _program(model, gen: GenerationConfig, params, input_ids, attention_mask, rng, prefix=None, inputs_embeds=None):
     """Prepare the start sequence and cache, prefill the cache with start[:, :-1], run the decoding loop; all
-    inside one jit."""
+    inside one jit. Returns (``SearchResult``, the encoder output or None)."""
     group = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences
     prepare = _causal_start if model.head == "causal_lm" else _seq2seq_start
-    start, cache, decoder = prepare(model, gen, params, input_ids, attention_mask, group, prefix, inputs_embeds)
-    vocab = model.config.vocab_size
+    start, cache, decoder, encoder_out = prepare(model, gen, params, input_ids, attention_mask, group, prefix,
+                                                 inputs_embeds)
 
     def step(tokens, cache):
+        """(N, t) -> (logits (N, V) float32 of the last position, cache, the per-step outputs asked for)."""
         dec, logits = decoder(tokens, cache)                                   # logits (N, t, V)
-        return logits[:, -1].astype(jnp.float32), dec.past_key_values
+        logits = logits[:, -1].astype(jnp.float32)
+        outputs = {}
+        if gen.output_logits:
+            outputs["logits"] = logits
+        if gen.output_attentions:
+            outputs["self_attentions"] = dec.attentions
+            if dec.cross_attentions is not None:
+                outputs["cross_attentions"] = dec.cross_attentions
+        if gen.output_hidden_states:
+            outputs["hidden_states"] = dec.hidden_states
+        return logits, dec.past_key_values, outputs
 
     if start.shape[1] > 1:
         cache = step(start[:, :-1], cache)[1]                                  # prompt positions 0..L0-2
-    out = {}
+    if gen.num_beams > 1 and gen.num_beam_groups > 1:
+        from bart_flax.group_beam import group_beam_search  # it imports this module's processors
+        return group_beam_search(step, reorder_cache, cache, start, gen), encoder_out
     if gen.num_beams > 1:
-        from bart_flax.modeling import reorder_cache
-        seqs, length, scores, seq_scores, cur_len = beam_search(step, reorder_cache, cache, start, gen,
-                                                                gen.output_scores, vocab, key)
-        out.update(sequences_scores=seq_scores, steps=cur_len - start.shape[1])
-    else:
-        seqs, length, scores = sample_loop(step, cache, start, gen, key, gen.output_scores, vocab)
-        out["steps"] = length - start.shape[1]
-    out.update(sequences=seqs, length=length, scores=scores)
-    return out
+        return beam_search(step, reorder_cache, cache, start, gen, rng), encoder_out
+    return sample_search(step, cache, start, gen, rng), encoder_out
 
 
 def _compiled(model, gen: GenerationConfig):
@@ -350,21 +398,19 @@ def generate(model, input_ids=None, attention_mask=None, params=None, prng_key=N
     As the reference: no ``input_ids`` (nor ``inputs_embeds``) means one input of ``bos_token_id``;
     ``inputs_embeds`` (B, S, D) feed the encoder; ``decoder_input_ids`` (B, T), concrete values (not under an
     outer ``jax.jit``), is the decoder sequence to continue (start token put in front when no row begins with
-    it). ``output_attentions`` / ``output_hidden_states`` / ``output_logits`` are refused: the compiled loop
-    does not keep per-step network outputs (the PyTorch backend returns them)."""
+    it). ``return_dict_in_generate=True`` gives ``GenerateOutput`` with the reference's fields (``scores``,
+    ``logits``, ``beam_indices``, ``sequences_scores``, encoder attentions / hidden states and the decoder's per
+    step; ``output_attentions`` / ``output_hidden_states`` with a one-token decoder prompt: the compiled loop
+    keeps them in buffers of one shape per step)."""
     gen = resolve_generation_config(getattr(model, "generation_config", None), generation_config, options,
                                     model.config)
-    refuse_step_outputs(gen, "Flax", "the decoding loop is one compiled jax program that keeps no per-step "
-                                     "network outputs")
     causal = model.head == "causal_lm"
     bos = check_generate_source(gen, causal, input_ids is not None, inputs_embeds is not None)
     if bos is not None:
         input_ids = jnp.full((1, 1), bos, jnp.int32)
     source = input_ids if input_ids is not None else inputs_embeds
     eager = not isinstance(source, jax.core.Tracer)
-    from bart_flax.modeling import check_inputs
-    check_inputs(model.config, causal, input_ids=input_ids, attention_mask=attention_mask,
-                 inputs_embeds=inputs_embeds)
+    model._check_generate_inputs(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds)
     if eager:
         if causal and not isinstance(attention_mask, jax.core.Tracer):
             check_unpadded_prompt(np.asarray(input_ids), None if attention_mask is None else
@@ -380,6 +426,7 @@ def generate(model, input_ids=None, attention_mask=None, params=None, prng_key=N
     prompt = jnp.shape(input_ids)[1] if causal else (1 if prefix is None else prefix.shape[1])
     gen = resolve_lengths(gen, prompt, options.get("max_length") is not None,
                           model.config.max_position_embeddings)
+    network_step_outputs(gen, prompt, "Flax")
     batch_shape = jnp.shape(source)[:2]
     if input_ids is not None:
         input_ids = jnp.asarray(input_ids, jnp.int32)
@@ -391,17 +438,44 @@ def generate(model, input_ids=None, attention_mask=None, params=None, prng_key=N
         seed = gen.seed if gen.seed is not None else (np.random.randint(0, 2**31 - 1) if gen.do_sample else 0)
         prng_key = jax.random.PRNGKey(seed)
     static = gen.replace(seed=None, use_cache=True)
-    out = _compiled(model, static)(model.params if params is None else params, input_ids, attention_mask, prng_key,
-                                   prefix, inputs_embeds)
-    seqs, scores = out["sequences"], out["scores"]
+    result, encoder_out = _compiled(model, static)(model.params if params is None else params, input_ids,
+                                                   attention_mask, prng_key, prefix, inputs_embeds)
     if eager:
-        length = int(out["length"])
-        seqs = seqs[:, :length]
-        if scores is not None:
-            scores = scores[:int(out["steps"])]
+        result = _crop(result, prompt)
     if not gen.return_dict_in_generate:  # the reference's Flax outputs (which also read as the id array)
         if gen.num_beams > 1:
-            return FlaxBeamSearchOutput(sequences=seqs, scores=out["sequences_scores"])
-        return (FlaxSampleOutput if gen.do_sample else FlaxGreedySearchOutput)(sequences=seqs)
-    return GenerateOutput(sequences=seqs, scores=None if scores is None else tuple(scores),
-                          sequences_scores=out.get("sequences_scores") if gen.output_scores else None)
+            return FlaxBeamSearchOutput(sequences=result.sequences, scores=result.sequences_scores)
+        return (FlaxSampleOutput if gen.do_sample else FlaxGreedySearchOutput)(sequences=result.sequences)
+    return _generate_output(result, encoder_out, gen, prompt, causal, eager)
+
+
+def _crop(result: SearchResult, prompt: int) -> SearchResult:
+    """Cut the static buffers of the compiled loop to what was used (eager only: needs the values)."""
+    length, steps = int(result.length), int(result.steps)
+    return result._replace(
+        sequences=result.sequences[:, :length], length=length, steps=steps,
+        scores=None if result.scores is None else result.scores[:steps],
+        beam_indices=None if result.beam_indices is None else result.beam_indices[:, :length - prompt],
+        step_outputs=jax.tree_util.tree_map(lambda x: x[:steps], result.step_outputs))
+
+
+def _generate_output(result: SearchResult, encoder_out, gen: GenerationConfig, prompt: int, causal: bool,
+                     eager: bool) -> GenerateOutput:
+    """The reference's record: per-step values as a tuple per step (eager), or stacked on a leading step axis
+    (under an outer ``jax.jit``, where the number of steps is not known)."""
+    def per_step(x):
+        return x if x is None or not eager else tuple(x)
+    out = GenerateOutput(sequences=result.sequences, scores=per_step(result.scores),
+                         sequences_scores=result.sequences_scores if gen.output_scores else None,
+                         beam_indices=result.beam_indices)
+    if result.step_outputs:
+        fields = step_outputs_layout(result.step_outputs, result.steps, prompt, causal) if eager else \
+            result.step_outputs
+        for name, value in fields.items():
+            setattr(out, name, value)
+    if not causal:
+        if gen.output_attentions:
+            out.encoder_attentions = encoder_out.attentions
+        if gen.output_hidden_states:
+            out.encoder_hidden_states = encoder_out.hidden_states
+    return out

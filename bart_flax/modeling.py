@@ -41,6 +41,7 @@ from bart_core.outputs import (
     Seq2SeqSequenceClassifierOutput,
     output_flags,
 )
+from bart_flax.cache import reorder_cache  # noqa: F401  (re-exported)
 
 Dtype = Any
 
@@ -89,9 +90,46 @@ def _normal(std: float):
     return jax.nn.initializers.normal(std)
 
 
+# Products of at least this many rows (per batch entry) run in the model's dtype when it is bfloat16 / float16;
+# fewer stay float32. Measured under jax.jit on XLA:CPU (docs/design.md, "bfloat16"): a one-row bfloat16 product
+# ran 2.5-10x slower than float32 (the tied LM head 65 against 6 ms), from 2 rows on bfloat16 was faster.
+LOW_PRECISION_MIN_ROWS = 2
+
+
+def product_dtype(rows: int, dtype: Dtype) -> Dtype:
+    """The dtype the operands of a product with ``rows`` rows run in: ``dtype`` from ``LOW_PRECISION_MIN_ROWS``
+    rows on, float32 below."""
+    return dtype if rows >= LOW_PRECISION_MIN_ROWS else jnp.float32
+
+
+def mixed_einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype, rows: int) -> jax.Array:
+    """``jnp.einsum(spec, a, b)`` with both operands in ``product_dtype(rows, dtype)``, accumulated and returned
+    in float32 (``preferred_element_type``: XLA:CPU runs a bfloat16 product with a bfloat16 result several times
+    slower). In a float32 model this is the plain float32 product."""
+    operands = product_dtype(rows, dtype)
+    return jnp.einsum(spec, a.astype(operands), b.astype(operands), preferred_element_type=jnp.float32)
+
+
+class BartLinear(nn.Module):
+    """``nn.Dense``'s parameters (``kernel`` (in, out), ``bias`` (out,), stored float32 unless ``to_bf16``) with the
+    product of ``mixed_einsum``: (..., in) -> (..., out) float32."""
+    features: int
+    dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    kernel_init: Any = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        y = mixed_einsum("...i,io->...o", x, kernel, self.dtype, rows=x.size // x.shape[-1])
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(jnp.float32)
+        return y
+
+
 # ============================================================================ 2. embeddings
-class Embed(nn.Module):
-    """Token or learned position table; the parameter is ``embedding`` (V, D) as in the reference."""
+class _EmbeddingTable(nn.Module):
+    """A (N, D) table; the parameter is ``embedding`` as in the reference (whose nn.Embed this replaces)."""
     num_embeddings: int
     features: int
     init_std: float
@@ -105,11 +143,24 @@ class Embed(nn.Module):
         # ids outside [0, V) gather NaN (a visible failure inside jit; eager calls are checked before)
         valid = (ids >= 0) & (ids < self.num_embeddings)
         ids = jnp.where(valid, ids, self.num_embeddings)
-        return jnp.take(self.embedding, ids, axis=0, mode="fill", fill_value=jnp.nan).astype(self.dtype)
+        return jnp.take(self.embedding, ids, axis=0, mode="fill", fill_value=jnp.nan).astype(jnp.float32)
+
+
+class BartScaledWordEmbedding(_EmbeddingTable):
+    """Token table (V, D): ``__call__`` looks rows up and multiplies them by ``embed_scale``, ``attend`` is the
+    tied output projection (the name of flax's ``nn.Embed.attend``)."""
+    embed_scale: float = 1.0
+
+    def __call__(self, ids: jax.Array) -> jax.Array:  # (B, T) -> (B, T, D) float32
+        return super().__call__(ids) * jnp.float32(self.embed_scale)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        """Tied output projection: (..., D) @ (D, V)."""
-        return jnp.dot(x.astype(self.dtype), self.embedding.astype(self.dtype).T)
+        """Tied output projection: (..., D) @ (D, V) -> (..., V) float32."""
+        return mixed_einsum("...d,vd->...v", x, self.embedding, self.dtype, rows=x.size // x.shape[-1])
+
+
+class BartLearnedPositionalEmbedding(_EmbeddingTable):
+    """Learned positions, table (max_position_embeddings + 2, D): position p reads row p + 2."""
 
 
 def embed_scale(config: BartConfig) -> float:
@@ -117,20 +168,21 @@ def embed_scale(config: BartConfig) -> float:
 
 
 # ============================================================================ 3. attention
-def dot_product_attention(q, k, v, bias, scaling, head_mask=None, dropout=None):
+def attend(q, k, v, bias, scaling, head_mask=None, dropout=None, dtype=jnp.float32):
     """q (Bq, H, T, hd), k/v (Bk, H, S, hd) with Bq = Bk * G (G beams share one encoder row),
-    bias (1 | Bk | Bq, 1, 1 | T, S) float32 -> out (Bq, H, T, hd), probs (Bq, H, T, S) float32.
-    The float32 scores are multiplied by ``scaling`` (head_dim ** -0.5), as in every backend.
+    bias (1 | Bk | Bq, 1, 1 | T, S) float32 -> out (Bq, H, T, hd) float32, probs (Bq, H, T, S) float32.
+    The two products run in ``dtype`` (``mixed_einsum``, T rows each: float32 for one decoding step) with float32
+    results; the float32 scores are multiplied by ``scaling`` (head_dim ** -0.5), as in every backend.
     G == 1 takes plain 4-D products: XLA:CPU runs the 5-D grouped ones up to 4x slower (bench/RESULTS.md)."""
     bq, h, t, hd = q.shape
     bk, s = k.shape[0], k.shape[2]
     g = bq // bk
     if g == 1:
-        scores = jnp.einsum("bhtd,bhsd->bhts", q, k).astype(jnp.float32) * scaling  # (B, H, T, S)
+        scores = mixed_einsum("bhtd,bhsd->bhts", q, k, dtype, t) * scaling          # (B, H, T, S)
         if bias is not None:
             scores = scores + bias
     else:
-        scores = jnp.einsum("bghtd,bhsd->bghts", q.reshape(bk, g, h, t, hd), k).astype(jnp.float32) * scaling  # (Bk, G, H, T, S)
+        scores = mixed_einsum("bghtd,bhsd->bghts", q.reshape(bk, g, h, t, hd), k, dtype, t) * scaling  # (Bk, G, H, T, S)
         if bias is not None:
             bias = bias.reshape(bk, g, 1, bias.shape[-2], s) if bias.shape[0] == bq else bias[:, None]
             scores = scores + bias
@@ -138,10 +190,10 @@ def dot_product_attention(q, k, v, bias, scaling, head_mask=None, dropout=None):
     probs = jax.nn.softmax(scores, axis=-1)                                      # float32
     if head_mask is not None:
         probs = probs * jnp.asarray(head_mask, jnp.float32)[None, :, None, None]
-    probs_d = (probs if dropout is None else dropout(probs)).astype(v.dtype)
+    probs_d = probs if dropout is None else dropout(probs)
     if g == 1:
-        return jnp.einsum("bhts,bhsd->bhtd", probs_d, v), probs                   # (B, H, T, hd)
-    out = jnp.einsum("bghts,bhsd->bghtd", probs_d.reshape(bk, g, h, t, s), v)   # (Bk, G, H, T, hd)
+        return mixed_einsum("bhts,bhsd->bhtd", probs_d, v, dtype, t), probs       # (B, H, T, hd)
+    out = mixed_einsum("bghts,bhsd->bghtd", probs_d.reshape(bk, g, h, t, s), v, dtype, t)  # (Bk, G, H, T, hd)
     return out.reshape(bq, h, t, hd), probs
 
 
@@ -153,7 +205,7 @@ class BartAttention(nn.Module):
     dtype: Dtype = jnp.float32
 
     def setup(self):
-        dense = functools.partial(nn.Dense, self.config.d_model, dtype=self.dtype,
+        dense = functools.partial(BartLinear, self.config.d_model, dtype=self.dtype,
                                   kernel_init=_normal(self.config.init_std))
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = dense(), dense(), dense(), dense()
         self.dropout = nn.Dropout(self.config.attention_dropout)
@@ -180,18 +232,19 @@ class BartAttention(nn.Module):
                 k = jax.lax.dynamic_update_slice(cache["key"], k.astype(cache["key"].dtype), start)
                 v = jax.lax.dynamic_update_slice(cache["value"], v.astype(cache["value"].dtype), start)
                 new_cache = {"key": k, "value": v}
-                k, v = k.astype(self.dtype), v.astype(self.dtype)
         drop = None
         if self.config.attention_dropout > 0 and not deterministic:
             drop = functools.partial(self.dropout, deterministic=False)
-        out, probs = dot_product_attention(q, k, v, bias, self.head_dim ** -0.5, head_mask, drop)  # (B, H, T, hd), (B, H, T, S)
+        out, probs = attend(q, k, v, bias, self.head_dim ** -0.5, head_mask, drop,
+                            self.dtype)                                       # (B, H, T, hd), (B, H, T, S)
         b, h, t, hd = out.shape
         out = self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, h * hd))  # (B, T, D)
         return out, probs, new_cache
 
 
-def _layer_norm(dtype):
-    return nn.LayerNorm(epsilon=1e-5, dtype=dtype)
+def _layer_norm():
+    """Statistics, scale and output in float32 whatever the model's dtype (the residual stream is float32)."""
+    return nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32)
 
 
 # ============================================================================ 4. encoder layer
@@ -204,10 +257,10 @@ class BartEncoderLayer(nn.Module):
     def setup(self):
         c = self.config
         self.self_attn = BartAttention(c, c.encoder_attention_heads, self.dtype)
-        self.self_attn_layer_norm = _layer_norm(self.dtype)
-        self.fc1 = nn.Dense(c.encoder_ffn_dim, dtype=self.dtype, kernel_init=_normal(c.init_std))
-        self.fc2 = nn.Dense(c.d_model, dtype=self.dtype, kernel_init=_normal(c.init_std))
-        self.final_layer_norm = _layer_norm(self.dtype)
+        self.self_attn_layer_norm = _layer_norm()
+        self.fc1 = BartLinear(c.encoder_ffn_dim, dtype=self.dtype, kernel_init=_normal(c.init_std))
+        self.fc2 = BartLinear(c.d_model, dtype=self.dtype, kernel_init=_normal(c.init_std))
+        self.final_layer_norm = _layer_norm()
         self.dropout = nn.Dropout(c.dropout)
         self.activation_dropout = nn.Dropout(c.activation_dropout)
         self.act = ACT2FN[c.activation_function]
@@ -232,12 +285,12 @@ class BartDecoderLayer(nn.Module):
     def setup(self):
         c = self.config
         self.self_attn = BartAttention(c, c.decoder_attention_heads, self.dtype)
-        self.self_attn_layer_norm = _layer_norm(self.dtype)
+        self.self_attn_layer_norm = _layer_norm()
         self.encoder_attn = BartAttention(c, c.decoder_attention_heads, self.dtype)
-        self.encoder_attn_layer_norm = _layer_norm(self.dtype)
-        self.fc1 = nn.Dense(c.decoder_ffn_dim, dtype=self.dtype, kernel_init=_normal(c.init_std))
-        self.fc2 = nn.Dense(c.d_model, dtype=self.dtype, kernel_init=_normal(c.init_std))
-        self.final_layer_norm = _layer_norm(self.dtype)
+        self.encoder_attn_layer_norm = _layer_norm()
+        self.fc1 = BartLinear(c.decoder_ffn_dim, dtype=self.dtype, kernel_init=_normal(c.init_std))
+        self.fc2 = BartLinear(c.d_model, dtype=self.dtype, kernel_init=_normal(c.init_std))
+        self.final_layer_norm = _layer_norm()
         self.dropout = nn.Dropout(c.dropout)
         self.activation_dropout = nn.Dropout(c.activation_dropout)
         self.act = ACT2FN[c.activation_function]
@@ -292,24 +345,24 @@ def _layerdrop(module: nn.Module, rate: float, deterministic: bool):
 class BartEncoder(nn.Module):
     """Token and position embeddings, the embedding layer norm and ``encoder_layers`` encoder blocks."""
     config: BartConfig
-    embed_tokens: Embed
+    embed_tokens: BartScaledWordEmbedding
     dtype: Dtype = jnp.float32
 
     def setup(self):
         c = self.config
-        self.embed_positions = Embed(c.max_position_embeddings + POSITION_OFFSET, c.d_model, c.init_std,
-                                     self.dtype)
+        self.embed_positions = BartLearnedPositionalEmbedding(c.max_position_embeddings + POSITION_OFFSET,
+                                                              c.d_model, c.init_std, self.dtype)
         self.layers = _LayerStack(c, BartEncoderLayer, c.encoder_layers, self.dtype)
-        self.layernorm_embedding = _layer_norm(self.dtype)
+        self.layernorm_embedding = _layer_norm()
         self.dropout = nn.Dropout(c.dropout)
 
     def __call__(self, input_ids, attention_mask=None, inputs_embeds=None, head_mask=None,
                  output_attentions=False, output_hidden_states=False, deterministic=True) -> BaseModelOutput:
         c = self.config
         if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids) * jnp.asarray(embed_scale(c), self.dtype)  # (B, S, D)
+            inputs_embeds = self.embed_tokens(input_ids)  # (B, S, D), scaled
         b, s = inputs_embeds.shape[:2]
-        h = inputs_embeds.astype(self.dtype) + self.embed_positions(jnp.arange(s) + POSITION_OFFSET)[None]
+        h = inputs_embeds.astype(jnp.float32) + self.embed_positions(jnp.arange(s) + POSITION_OFFSET)[None]
         h = self.dropout(self.layernorm_embedding(h), deterministic=deterministic)
         bias = attention_bias(make_padding_mask(attention_mask))             # (B, 1, 1, S) or None
         hidden, attns = [], []
@@ -331,15 +384,15 @@ class BartDecoder(nn.Module):
     "cross_value": (B_enc, H, S, hd)]}]}), positions start at the cache index and the updated cache is
     returned in ``past_key_values``."""
     config: BartConfig
-    embed_tokens: Embed
+    embed_tokens: BartScaledWordEmbedding
     dtype: Dtype = jnp.float32
 
     def setup(self):
         c = self.config
-        self.embed_positions = Embed(c.max_position_embeddings + POSITION_OFFSET, c.d_model, c.init_std,
-                                     self.dtype)
+        self.embed_positions = BartLearnedPositionalEmbedding(c.max_position_embeddings + POSITION_OFFSET,
+                                                              c.d_model, c.init_std, self.dtype)
         self.layers = _LayerStack(c, BartDecoderLayer, c.decoder_layers, self.dtype)
-        self.layernorm_embedding = _layer_norm(self.dtype)
+        self.layernorm_embedding = _layer_norm()
         self.dropout = nn.Dropout(c.dropout)
 
     def cross_kv(self, encoder_hidden_states):
@@ -352,13 +405,13 @@ class BartDecoder(nn.Module):
                  deterministic=True) -> BaseModelOutputWithPastAndCrossAttentions:
         c = self.config
         if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids) * jnp.asarray(embed_scale(c), self.dtype)  # (B, T, D)
+            inputs_embeds = self.embed_tokens(input_ids)  # (B, T, D), scaled
         b, t = inputs_embeds.shape[:2]
         past = 0 if cache is None else cache["index"]
         if position_ids is None:
             position_ids = past + jnp.arange(t)
         pos = self.embed_positions(position_ids + POSITION_OFFSET)
-        h = inputs_embeds.astype(self.dtype) + (pos[None] if pos.ndim == 2 else pos)
+        h = inputs_embeds.astype(jnp.float32) + (pos[None] if pos.ndim == 2 else pos)
         h = self.dropout(self.layernorm_embedding(h), deterministic=deterministic)
 
         keys_len = t if cache is None else cache["layers"][0]["key"].shape[2]
@@ -374,7 +427,7 @@ class BartDecoder(nn.Module):
             layer_cache = None if cache is None else {**cache["layers"][i], "index": cache["index"]}
             cross_kv = None
             if layer_cache is not None and "cross_key" in layer_cache:
-                cross_kv = (layer_cache["cross_key"].astype(self.dtype), layer_cache["cross_value"].astype(self.dtype))
+                cross_kv = (layer_cache["cross_key"], layer_cache["cross_value"])
             out, sp, cp, nc = self.layers[i](
                 h, self_bias, encoder_states=None if cross_kv is not None else encoder_hidden_states,
                 cross_kv=cross_kv, cross_bias=cross_bias, cache=layer_cache,
@@ -397,14 +450,6 @@ class BartDecoder(nn.Module):
             cross_attentions=tuple(cross_attns) if (output_attentions and has_cross) else None)
 
 
-def reorder_cache(cache: dict, index: jax.Array) -> dict:
-    """Beam search: self-attention keys/values follow their hypotheses, index (N,); cross keys/values are
-    per encoder row and stay."""
-    return {"index": cache["index"],
-            "layers": [{**layer, "key": layer["key"][index], "value": layer["value"][index]}
-                       for layer in cache["layers"]]}
-
-
 # ============================================================================ 8. model
 class BartModule(nn.Module):
     """The linen module of the bare encoder-decoder (wrapped by `BartModel`)."""
@@ -413,7 +458,7 @@ class BartModule(nn.Module):
 
     def setup(self):
         c = self.config
-        self.shared = Embed(c.vocab_size, c.d_model, c.init_std, self.dtype)
+        self.shared = BartScaledWordEmbedding(c.vocab_size, c.d_model, c.init_std, self.dtype, embed_scale(c))
         self.encoder = BartEncoder(c, self.shared, self.dtype)
         self.decoder = BartDecoder(c, self.shared, self.dtype)
 
@@ -454,7 +499,7 @@ class BartForConditionalGenerationModule(nn.Module):
         c = self.config
         self.model = BartModule(c, self.dtype)
         if not c.tie_word_embeddings:
-            self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, kernel_init=_normal(c.init_std))
+            self.lm_head = BartLinear(c.vocab_size, use_bias=False, dtype=self.dtype, kernel_init=_normal(c.init_std))
         # a buffer in the reference PyTorch: never trained
         self.final_logits_bias = self.param("final_logits_bias", nn.initializers.zeros, (1, c.vocab_size),
                                             jnp.float32)
@@ -462,7 +507,7 @@ class BartForConditionalGenerationModule(nn.Module):
     def lm_logits(self, h):
         """(B, T, D) -> (B, T, V)."""
         logits = self.model.shared.attend(h) if self.config.tie_word_embeddings else self.lm_head(h)
-        return logits + jax.lax.stop_gradient(self.final_logits_bias.astype(self.dtype))
+        return logits + jax.lax.stop_gradient(self.final_logits_bias.astype(jnp.float32))
 
     def encode(self, *args, **kw):
         return self.model.encode(*args, **kw)
@@ -486,8 +531,8 @@ class BartClassificationHead(nn.Module):
 
     def setup(self):
         c = self.config
-        self.dense = nn.Dense(c.d_model, dtype=self.dtype, kernel_init=_normal(c.init_std))
-        self.out_proj = nn.Dense(c.num_labels, dtype=self.dtype, kernel_init=_normal(c.init_std))
+        self.dense = BartLinear(c.d_model, dtype=self.dtype, kernel_init=_normal(c.init_std))
+        self.out_proj = BartLinear(c.num_labels, dtype=self.dtype, kernel_init=_normal(c.init_std))
         self.dropout = nn.Dropout(c.classifier_dropout or 0.0)
 
     def __call__(self, h, deterministic=True):                               # (B, D) -> (B, num_labels)
@@ -533,7 +578,7 @@ class BartForQuestionAnsweringModule(nn.Module):
 
     def setup(self):
         self.model = BartModule(self.config, self.dtype)
-        self.qa_outputs = nn.Dense(2, dtype=self.dtype, kernel_init=_normal(self.config.init_std))
+        self.qa_outputs = BartLinear(2, dtype=self.dtype, kernel_init=_normal(self.config.init_std))
 
     def encode(self, *args, **kw):
         return self.model.encode(*args, **kw)
@@ -557,7 +602,7 @@ class BartDecoderWrapper(nn.Module):
 
     def setup(self):
         c = self.config
-        embed_tokens = Embed(c.vocab_size, c.d_model, c.init_std, self.dtype)
+        embed_tokens = BartScaledWordEmbedding(c.vocab_size, c.d_model, c.init_std, self.dtype, embed_scale(c))
         self.decoder = BartDecoder(c, embed_tokens, self.dtype)
 
     def __call__(self, *args, **kw):
@@ -576,7 +621,7 @@ class BartForCausalLMModule(nn.Module):
         c = self.config
         self.model = BartDecoderWrapper(c, self.dtype)
         if not c.tie_word_embeddings:
-            self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, kernel_init=_normal(c.init_std))
+            self.lm_head = BartLinear(c.vocab_size, use_bias=False, dtype=self.dtype, kernel_init=_normal(c.init_std))
 
     def cross_kv(self, encoder_hidden_states):
         return self.model.cross_kv(encoder_hidden_states)
@@ -725,6 +770,10 @@ class BartPreTrainedModel:
     @classmethod
     def can_generate(cls) -> bool:
         return cls.head in ("conditional_generation", "causal_lm")
+
+    def _check_generate_inputs(self, **args) -> None:
+        """``generate``'s input check (``check_inputs`` for this head), so that decoding imports nothing from here."""
+        check_inputs(self.config, self.head == "causal_lm", **args)
 
     def num_parameters(self, params=None) -> int:
         params = self.params if params is None else params

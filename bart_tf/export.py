@@ -39,11 +39,11 @@ class GenerateModule(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="input_ids"),
                                       tf.TensorSpec([None, None], tf.int32, name="attention_mask")])
         def generate(input_ids, attention_mask):
-            out = core(input_ids, attention_mask)
-            scores = out["sequences_scores"]
+            result, _ = core(input_ids, attention_mask)
+            scores = result.sequences_scores
             if scores is None:
                 scores = tf.zeros([tf.shape(input_ids)[0] * rows], tf.float32)
-            return {"sequences": out["sequences"][:, :out["length"]], "sequences_scores": scores}
+            return {"sequences": result.sequences[:, :result.length], "sequences_scores": scores}
 
         self.generate = generate
 

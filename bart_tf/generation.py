@@ -1,17 +1,21 @@
-"""Decoding for the TensorFlow backend: greedy, sampling and beam search over a step function.
+"""Decoding for the TensorFlow backend: ``sample_search`` (arg-max and sampling) and ``beam_search`` over a step function.
 
-The loops know nothing of the network beyond ``step_fn(tokens (N, T), state) -> (logits (N, V) float32, state)``
-(logits of the last position; ``state`` the self-attention cache). They continue a ``start`` sequence ``(N, L0)``:
-the decoder start token for the encoder-decoder, the prompt for the decoder-only model, whose first ``L0 - 1``
-tokens are already in the cache; ``max_length`` and ``min_length`` count the whole sequence, start included.
+The loops know nothing of the network beyond ``step(tokens (N, T), cache) -> (logits (N, V) float32, cache,
+outputs)`` (logits of the last position; ``cache`` the self-attention part of ``bart_tf.cache.KVCache``;
+``outputs`` the per-step network outputs asked for, a dict) and, for beam search, ``reorder(cache, rows) -> cache``
+(``bart_tf.cache.reorder_cache``). They continue a ``start`` sequence ``(N, L0)``: the decoder start token for the
+encoder-decoder, the prompt for the decoder-only model, whose first ``L0 - 1`` tokens are already in the cache;
+``max_length`` and ``min_length`` count the whole sequence, start included. The three backends' ``generation.py``
+are translations of one another (same loops, state names and ``bart_core.generation.SearchResult``; the
+framework-free numbers in ``bart_core.generation``; the vocabulary in ``docs/design.md``, "Decoding"); this module
+imports nothing from ``modeling`` (the model provides its encoder, decoder, ``lm_logits`` and
+``_check_generate_inputs``).
+
 Every shape is static (sequences live in a preallocated ``(N, max_length)`` buffer, the KV cache is preallocated,
-the loop is a ``tf.while_loop``), so the same code runs eagerly and inside ``tf.function(jit_compile=True)``.
-Options and their semantics are ``bart_core.generation.GenerationConfig``; the beam search follows the
-reference's vectorised beam search (top ``2 * num_beams`` continuations, finished hypotheses kept in a separate
-length-normalised pool, the reference's early-stopping heuristics).
-
-Under ``tf.function`` the result cannot be cropped: ``sequences`` keeps the full ``max_length`` columns (pad
-after the end) and ``length`` says how many are used; ``model.generate`` crops when it runs eagerly.
+per-step outputs go to ``tf.TensorArray``s, the loop is a ``tf.while_loop``), so the same code runs eagerly and
+inside ``tf.function(jit_compile=True)``. Under ``tf.function`` the result cannot be cropped: ``sequences`` keeps
+the full ``max_length`` columns (pad after the end) and ``SearchResult.length`` says how many are used;
+``model.generate`` crops when it runs eagerly.
 """
 
 from __future__ import annotations
@@ -23,19 +27,25 @@ import numpy as np
 import tensorflow as tf
 
 from bart_core.generation import (
+    BEAM_FILL,
     GenerationConfig,
+    SearchResult,
     bad_word_sequences,
+    bound_length,
     check_generate_source,
     decoder_prompt,
-    refuse_step_outputs,
+    length_normalizers,
+    network_step_outputs,
+    num_candidates,
     resolve_generation_config,
     resolve_lengths,
+    step_outputs_layout,
 )
 from bart_core.inputs import check_unpadded_prompt, infer_attention_mask
 from bart_core.outputs import GenerateOutput
+from bart_tf.cache import reorder_cache, split_cache
 
 NEG_INF = float("-inf")
-BEAM_PENALTY = -1.0e9   # the reference's "impossible" score for placeholder / excluded beams
 
 
 # ============================================================ logits processors
@@ -131,11 +141,10 @@ def warp_for_sampling(scores, gen: GenerationConfig, min_tokens_to_keep: int = 1
     return scores
 
 
-# ============================================================ loops
-def _initial_sequences(start, max_length: int, gen: GenerationConfig):
-    """(N, L0) -> (N, max_length): the start sequence, then padding."""
-    fill = tf.fill([tf.shape(start)[0], max_length - start.shape[1]], gen.pad_token_id)
-    return tf.concat([start, fill], axis=1)                                                  # (N, L)
+# ============================================================ search loops
+def _initial_sequences(start, max_length: int, fill: int):
+    """(N, L0) -> (N, max_length): the start sequence, then ``fill``."""
+    return tf.concat([start, tf.fill([tf.shape(start)[0], max_length - start.shape[1]], fill)], axis=1)
 
 
 def _prompt_length(start) -> int:
@@ -154,156 +163,164 @@ def _write_column(seqs, cur_len, tokens):  # seqs (..., L), tokens (...) -> seqs
     return tf.where(at, tokens[..., None], seqs)
 
 
-def sample_search(step_fn: Callable, cache, start, gen: GenerationConfig, seed=None) -> dict:
-    """Greedy (``do_sample=False``) or multinomial sampling. start (N, L0): N rows, already expanded."""
+def _record(buffers, i, outputs):
+    """Write one step's outputs (a structure of tensors) at step ``i`` of ``buffers`` (the same structure of
+    ``tf.TensorArray``)."""
+    return tf.nest.map_structure(lambda ta, x: ta.write(i, x), buffers, outputs)
+
+
+def _stack(buffers):
+    return tf.nest.map_structure(lambda ta: ta.stack(), buffers) if buffers else None
+
+
+def sample_search(step: Callable, cache, start, gen: GenerationConfig, rng=None,
+                  step_buffers=None) -> SearchResult:
+    """Arg-max, or sampling when ``gen.do_sample``, continuing start (N, L0); the cache holds positions 0..L0-2.
+    ``rng``: int32 (2,) seed of the stateless draws. ``step_buffers``: ``tf.TensorArray``s shaped like the step's
+    ``outputs`` (a ``tf.while_loop`` needs its state before the first step)."""
     max_length, prompt = gen.total_max_length, _prompt_length(start)
-    seqs = _initial_sequences(start, max_length, gen)                                       # (N, L)
-    unfinished = tf.ones([tf.shape(start)[0]], tf.bool)
-    scores_ta = tf.TensorArray(tf.float32, size=max_length - prompt, element_shape=None)
-    seed = tf.zeros([2], tf.int32) if seed is None else tf.cast(seed, tf.int32)
+    sequences = _initial_sequences(start, max_length, gen.pad_token_id)                     # (N, L)
+    unfinished = tf.ones([tf.shape(start)[0]], tf.bool)                                      # (N,)
+    scores = tf.TensorArray(tf.float32, size=max_length - prompt)
+    rng = tf.zeros([2], tf.int32) if rng is None else tf.cast(rng, tf.int32)
     eos = -1 if gen.eos_token_id is None else gen.eos_token_id
+    step_buffers = step_buffers or {}
 
-    def body(cur_len, seqs, unfinished, cache, scores_ta):
-        logits, cache = step_fn(_column(seqs, cur_len), cache)                          # (N, V)
-        scores = process_scores(tf.cast(logits, tf.float32), seqs, cur_len, gen, max_length)
-        if gen.do_sample:
-            warped = warp_for_sampling(scores, gen)
-            step_seed = tf.stack([seed[0], seed[1] + cur_len])
-            tokens = tf.random.stateless_categorical(warped, 1, step_seed, dtype=tf.int32)[:, 0]
-        else:
-            tokens = tf.argmax(scores, axis=-1, output_type=tf.int32)                  # (N,)
-        tokens = tf.where(unfinished, tokens, gen.pad_token_id)
-        seqs = _write_column(seqs, cur_len, tokens)
-        unfinished = unfinished & (tokens != eos)
+    def body(cur_len, sequences, unfinished, stop, cache, scores, step_buffers):
+        logits, cache, outputs = step(_column(sequences, cur_len), cache)                   # (N, V)
+        step_scores = process_scores(tf.cast(logits, tf.float32), sequences, cur_len, gen, max_length)
         if gen.output_scores:
-            scores_ta = scores_ta.write(cur_len - prompt, scores)
-        return cur_len + 1, seqs, unfinished, cache, scores_ta
+            scores = scores.write(cur_len - prompt, step_scores)
+        step_buffers = _record(step_buffers, cur_len - prompt, outputs)
+        if gen.do_sample:
+            next_tokens = tf.random.stateless_categorical(warp_for_sampling(step_scores, gen), 1,
+                                                          tf.stack([rng[0], rng[1] + cur_len]), dtype=tf.int32)[:, 0]
+        else:
+            next_tokens = tf.argmax(step_scores, axis=-1, output_type=tf.int32)                # (N,)
+        next_tokens = tf.where(unfinished, next_tokens, gen.pad_token_id)
+        unfinished = unfinished & (next_tokens != eos)
+        sequences = _write_column(sequences, cur_len, next_tokens)
+        cur_len = cur_len + 1
+        stop = ~tf.reduce_any(unfinished)
+        return cur_len, sequences, unfinished, stop, cache, scores, step_buffers
 
-    def cond(cur_len, seqs, unfinished, cache, scores_ta):
-        return (cur_len < max_length) & tf.reduce_any(unfinished)
+    def cond(cur_len, sequences, unfinished, stop, cache, scores, step_buffers):
+        return (cur_len < max_length) & ~stop
 
-    cur_len, seqs, _, _, scores_ta = tf.while_loop(
-        cond, body, (tf.constant(prompt), seqs, unfinished, cache, scores_ta),
+    cur_len, sequences, _, _, _, scores, step_buffers = tf.while_loop(
+        cond, body, (tf.constant(prompt), sequences, unfinished, tf.constant(False), cache, scores, step_buffers),
         maximum_iterations=max_length - prompt)
-    return {"sequences": seqs, "length": cur_len, "scores": scores_ta.stack() if gen.output_scores else None,
-            "sequences_scores": None, "steps": cur_len - prompt}
+    return SearchResult(sequences, cur_len, cur_len - prompt, scores=scores.stack() if gen.output_scores else None,
+                        step_outputs=_stack(step_buffers))
 
 
-def split_cache(cache):
-    """KVCache -> (loop state, rebuild): the state is the self-attention buffers ``(k, v)`` per layer and the index;
-    ``rebuild(state)`` adds back the cross keys/values, which never change while decoding (and are None for the
-    decoder-only model: a ``tf.while_loop`` cannot carry None)."""
-    cross = tuple(layer[2:] for layer in cache.layers)
-
-    def rebuild(state):
-        return type(cache)(tuple(kv + c for kv, c in zip(state[0], cross)), state[1])
-
-    return (tuple(layer[:2] for layer in cache.layers), cache.index), rebuild
-
-
-def reorder_cache(state, beam_index):
-    """Gather the self-attention buffers (N, H, capacity, hd) of the selected parents (loop state of split_cache)."""
-    return tuple((tf.gather(k, beam_index), tf.gather(v, beam_index)) for k, v in state[0]), state[1]
-
-
-def beam_search(step_fn: Callable, cache, start, gen: GenerationConfig, seed=None) -> dict:
-    """Beam search with the reference's semantics. start (B * num_beams, L0), beams of one input adjacent. With
-    ``gen.do_sample`` (beam sampling) the 2 * num_beams candidates are drawn without replacement from the softmax
-    of the accumulated scores (Gumbel top-k, stateless in ``seed``), in the order drawn, as the reference's."""
-    seed = tf.zeros([2], tf.int32) if seed is None else tf.cast(seed, tf.int32)
-    k, max_length, prompt = gen.num_beams, gen.total_max_length, _prompt_length(start)
-    b = tf.shape(start)[0] // k
-    keep = 2 * k                                    # continuations kept per step: max(2, 1 + n_eos) * beams
+def beam_search(step: Callable, reorder: Callable, cache, start, gen: GenerationConfig, rng=None,
+                step_buffers=None) -> SearchResult:
+    """Beams continuing start (B * num_beams, L0), beams of one input adjacent. With ``gen.do_sample`` (beam
+    sampling) the candidates are drawn without replacement from the softmax of the accumulated scores (Gumbel
+    top-k, stateless in ``rng``), in the order drawn, as the reference's."""
+    rng = tf.zeros([2], tf.int32) if rng is None else tf.cast(rng, tf.int32)
+    num_beams, max_length, prompt = gen.num_beams, gen.total_max_length, _prompt_length(start)
+    b = tf.shape(start)[0] // num_beams
+    candidates = num_candidates(num_beams)
     eos = -1 if gen.eos_token_id is None else gen.eos_token_id
-    lp, early = float(gen.length_penalty), gen.early_stopping
+    fill = (gen.pad_token_id or gen.eos_token_id) if gen.eos_token_id is not None else -1
+    normalizers = tf.constant(length_normalizers(max_length - prompt, gen.length_penalty))    # (L - L0 + 1,)
 
-    def length_norm(length):  # float64 pow, as the reference's Python scalar, applied in float32
-        return tf.cast(tf.pow(tf.cast(length, tf.float64), lp), tf.float32)
-
-    running = tf.reshape(_initial_sequences(start, max_length, gen), [b, k, max_length])    # (B, K, L)
-    running_scores = tf.tile(tf.concat([[0.0], tf.fill([k - 1], BEAM_PENALTY)], 0)[None], [b, 1])  # (B, K)
+    running = tf.reshape(_initial_sequences(start, max_length, fill), [b, num_beams, max_length])  # (B, nb, L)
+    no_indices = tf.fill([b, num_beams, max_length - prompt], -1)                             # (B, nb, L - L0)
     state = dict(
-        running=running, running_scores=running_scores,
-        seqs=running, beam_scores=tf.fill([b, k], BEAM_PENALTY),      # finished pool (B, K, L), (B, K)
-        finished=tf.zeros([b, k], tf.bool), finished_len=tf.zeros([b, k], tf.int32),
-        unsatisfied=tf.ones([b, 1], tf.bool), done=tf.constant(False),
+        running=running, running_scores=tf.tile(tf.concat([[0.0], tf.fill([num_beams - 1], BEAM_FILL)], 0)[None],
+                                                [b, 1]),
+        running_beam_indices=no_indices,
+        sequences=running, beam_scores=tf.fill([b, num_beams], BEAM_FILL), beam_indices=no_indices,
+        finished=tf.zeros([b, num_beams], tf.bool), finished_len=tf.zeros([b, num_beams], tf.int32),
+        improvable=tf.ones([b, 1], tf.bool), stop=tf.constant(False),
     )
-    scores_ta = tf.TensorArray(tf.float32, size=max_length - prompt)
-    top_mask = tf.range(keep) < k                                                     # (2K,)
-    batch_offset = tf.range(b)[:, None] * k                                           # (B, 1)
+    scores = tf.TensorArray(tf.float32, size=max_length - prompt)
+    top_beams = tf.range(candidates) < num_beams                                     # (C,) may finish
+    batch_offset = tf.range(b)[:, None] * num_beams                                  # (B, 1)
+    step_buffers = step_buffers or {}
 
-    def body(cur_len, s, cache, scores_ta):
-        flat = tf.reshape(s["running"], [b * k, max_length])
-        logits, cache = step_fn(_column(flat, cur_len), cache)                         # (B*K, V)
+    def body(cur_len, s, cache, scores, step_buffers):
+        flat = tf.reshape(s["running"], [b * num_beams, max_length])
+        logits, cache, outputs = step(_column(flat, cur_len), cache)                  # (B*nb, V)
         vocab_size = logits.shape[-1]
         log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
         log_probs = process_scores(log_probs, flat, cur_len, gen, max_length)
         if gen.do_sample:
             log_probs = warp_for_sampling(log_probs, gen, min_tokens_to_keep=2)
         if gen.output_scores:
-            scores_ta = scores_ta.write(cur_len - prompt, log_probs)
-        total = tf.reshape(log_probs, [b, k, vocab_size]) + s["running_scores"][:, :, None]
-        total = tf.reshape(total, [b, k * vocab_size])
+            scores = scores.write(cur_len - prompt, log_probs)
+        step_buffers = _record(step_buffers, cur_len - prompt, outputs)
+        total = tf.reshape(log_probs, [b, num_beams, vocab_size]) + s["running_scores"][:, :, None]
+        total = tf.reshape(total, [b, num_beams * vocab_size])
+
+        # the best `candidates` continuations of all beams (drawn, when sampling)
         if gen.do_sample:  # sampling without replacement: top-k of the scores plus Gumbel noise
-            u = tf.random.stateless_uniform(tf.shape(total), tf.stack([seed[0], seed[1] + cur_len]),
+            u = tf.random.stateless_uniform(tf.shape(total), tf.stack([rng[0], rng[1] + cur_len]),
                                             minval=np.finfo(np.float32).tiny, maxval=1.0)
-            top_index = tf.math.top_k(total - tf.math.log(-tf.math.log(u)), keep).indices
-            top_scores = tf.gather(total, top_index, batch_dims=1)
+            cand_index = tf.math.top_k(total - tf.math.log(-tf.math.log(u)), candidates).indices
+            cand_scores = tf.gather(total, cand_index, batch_dims=1)
         else:
-            top_scores, top_index = tf.math.top_k(total, keep)                                 # (B, 2K)
-        parent, tokens = top_index // vocab_size, top_index % vocab_size
-        top_seqs = _write_column(tf.gather(s["running"], parent, batch_dims=1), cur_len, tokens)  # (B, 2K, L)
-        hits = (tokens == eos) | (cur_len + 1 >= max_length)                           # (B, 2K)
+            cand_scores, cand_index = tf.math.top_k(total, candidates)                        # (B, C)
+        cand_parent, cand_tokens = cand_index // vocab_size, cand_index % vocab_size
+        cand_seqs = _write_column(tf.gather(s["running"], cand_parent, batch_dims=1), cur_len, cand_tokens)
+        cand_beam_indices = _write_column(tf.gather(s["running_beam_indices"], cand_parent, batch_dims=1),
+                                          cur_len - prompt, cand_parent + batch_offset)    # (B, C, L - L0)
+        ends = (cand_tokens == eos) | (cur_len + 1 >= max_length)                          # (B, C)
 
-        # running beams for the next step: the best K continuations that did not stop
-        running_candidates = top_scores + tf.cast(hits, tf.float32) * BEAM_PENALTY
-        next_index = tf.math.top_k(running_candidates, k).indices                      # (B, K)
-        running = tf.gather(top_seqs, next_index, batch_dims=1)
-        running_scores = tf.gather(running_candidates, next_index, batch_dims=1)
-        next_parent = tf.gather(parent, next_index, batch_dims=1)
+        # the num_beams best candidates that did not end go on
+        go_on_scores = cand_scores + tf.cast(ends, tf.float32) * BEAM_FILL
+        go_on = tf.math.top_k(go_on_scores, num_beams).indices                              # (B, nb)
+        running = tf.gather(cand_seqs, go_on, batch_dims=1)
+        running_scores = tf.gather(go_on_scores, go_on, batch_dims=1)
+        running_beam_indices = tf.gather(cand_beam_indices, go_on, batch_dims=1)
 
-        # finished pool: merge the newly stopped top-K continuations, keep the best K
-        just_finished = hits & top_mask[None]
-        candidate = top_scores / length_norm(cur_len + 1 - prompt)                     # generated tokens
-        pool_full = tf.reduce_all(s["finished"], axis=-1, keepdims=True) & (early is True)
-        candidate += tf.cast(pool_full, tf.float32) * BEAM_PENALTY
-        candidate += tf.cast(~s["unsatisfied"], tf.float32) * BEAM_PENALTY
-        candidate += tf.cast(~just_finished, tf.float32) * BEAM_PENALTY
-        merged_scores = tf.concat([s["beam_scores"], candidate], axis=1)              # (B, 3K)
-        pick = tf.math.top_k(merged_scores, k).indices                                 # (B, K)
-        seqs = tf.gather(tf.concat([s["seqs"], top_seqs], 1), pick, batch_dims=1)
-        beam_scores = tf.gather(merged_scores, pick, batch_dims=1)
-        finished = tf.gather(tf.concat([s["finished"], just_finished], 1), pick, batch_dims=1)
-        finished_len = tf.gather(tf.concat([s["finished_len"], tf.fill([b, keep], cur_len + 1)], 1), pick,
-                                 batch_dims=1)
+        # candidates among the top num_beams that ended join the kept hypotheses, scored with their length
+        newly_finished = ends & top_beams[None]
+        normed = cand_scores / tf.gather(normalizers, cur_len + 1 - prompt)
+        all_finished = tf.reduce_all(s["finished"], axis=-1, keepdims=True) & (gen.early_stopping is True)
+        normed += tf.cast(all_finished, tf.float32) * BEAM_FILL
+        normed += tf.cast(~s["improvable"], tf.float32) * BEAM_FILL
+        normed += tf.cast(~newly_finished, tf.float32) * BEAM_FILL
+        merged_scores = tf.concat([s["beam_scores"], normed], axis=1)                      # (B, nb + C)
+        best = tf.math.top_k(merged_scores, num_beams).indices                             # (B, nb)
+        sequences = tf.gather(tf.concat([s["sequences"], cand_seqs], 1), best, batch_dims=1)
+        beam_scores = tf.gather(merged_scores, best, batch_dims=1)
+        beam_indices = tf.gather(tf.concat([s["beam_indices"], cand_beam_indices], 1), best, batch_dims=1)
+        finished = tf.gather(tf.concat([s["finished"], newly_finished], 1), best, batch_dims=1)
+        finished_len = tf.gather(tf.concat([s["finished_len"], tf.fill([b, candidates], cur_len + 1 - prompt)], 1),
+                                 best, batch_dims=1)
 
-        cache = reorder_cache(cache, tf.reshape(next_parent + batch_offset, [-1]))
+        cache = reorder(cache, tf.reshape(tf.gather(cand_parent, go_on, batch_dims=1) + batch_offset, [-1]))
         cur_len = cur_len + 1
-        # can a running beam still beat the worst finished one? (the reference's heuristic)
-        best_length = (max_length if (early == "never" and lp > 0.0) else cur_len) - prompt
-        best_running = running_scores[:, :1] / length_norm(best_length)
-        worst_finished = tf.where(finished, tf.reduce_min(beam_scores, axis=1, keepdims=True), BEAM_PENALTY)
-        unsatisfied = s["unsatisfied"] & tf.reduce_any(best_running > worst_finished, axis=-1, keepdims=True)
-        keep_going = (tf.reduce_any(unsatisfied) & ~(tf.reduce_all(finished) & (early is True))
-                      & ~tf.reduce_all(hits))
-        s = dict(running=running, running_scores=running_scores, seqs=seqs, beam_scores=beam_scores,
-                 finished=finished, finished_len=finished_len, unsatisfied=unsatisfied, done=~keep_going)
-        return cur_len, s, cache, scores_ta
+        # can the best running beam still beat the worst kept hypothesis?
+        best_running = running_scores[:, :1] / tf.gather(normalizers, bound_length(cur_len, prompt, gen))
+        worst_kept = tf.where(finished, tf.reduce_min(beam_scores, axis=1, keepdims=True), BEAM_FILL)
+        improvable = s["improvable"] & tf.reduce_any(best_running > worst_kept, axis=-1, keepdims=True)
+        stop = (~tf.reduce_any(improvable) | (tf.reduce_all(finished) & (gen.early_stopping is True))
+                | tf.reduce_all(ends))
+        s = dict(running=running, running_scores=running_scores, running_beam_indices=running_beam_indices,
+                 sequences=sequences, beam_scores=beam_scores, beam_indices=beam_indices, finished=finished,
+                 finished_len=finished_len, improvable=improvable, stop=stop)
+        return cur_len, s, cache, scores, step_buffers
 
-    def cond(cur_len, s, cache, scores_ta):
-        return (cur_len < max_length) & ~s["done"]
+    def cond(cur_len, s, cache, scores, step_buffers):
+        return (cur_len < max_length) & ~s["stop"]
 
-    cur_len, s, _, scores_ta = tf.while_loop(cond, body, (tf.constant(prompt), state, cache, scores_ta),
-                                             maximum_iterations=max_length - prompt)
+    cur_len, s, _, scores, step_buffers = tf.while_loop(
+        cond, body, (tf.constant(prompt), state, cache, scores, step_buffers), maximum_iterations=max_length - prompt)
     r = gen.num_return_sequences
-    return {"sequences": tf.reshape(s["seqs"][:, :r], [b * r, max_length]),
-            "length": tf.reduce_max(s["finished_len"][:, :r]),
-            "scores": scores_ta.stack() if gen.output_scores else None,
-            "sequences_scores": tf.reshape(s["beam_scores"][:, :r], [-1]),
-            "steps": cur_len - prompt}
+    return SearchResult(tf.reshape(s["sequences"][:, :r], [b * r, max_length]),
+                        prompt + tf.reduce_max(s["finished_len"][:, :r]), cur_len - prompt,
+                        scores=scores.stack() if gen.output_scores else None,
+                        sequences_scores=tf.reshape(s["beam_scores"][:, :r], [-1]),
+                        beam_indices=tf.reshape(s["beam_indices"][:, :r], [b * r, max_length - prompt]),
+                        step_outputs=_stack(step_buffers))
 
 
-# ============================================================ model entry point
+# ============================================================ model glue
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _STEP_GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> tf.function of one step
 
@@ -311,14 +328,19 @@ _STEP_GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model
 class GenerationMixin:
     """``generate`` for ``BartForConditionalGeneration``: encoder once, then a decoding loop on the cache from the
     decoder start token. ``CausalGenerationMixin`` overrides the two model-specific hooks, ``_prepare_generation``
-    (input checks and lengths) and ``_start_decoding`` (start sequence and cache)."""
+    (input checks and lengths) and ``_start_decoding`` (start sequence and cache). The model provides
+    ``model.encoder`` / ``model.decoder``, ``lm_logits`` and ``_check_generate_inputs``."""
 
-    def _decode_step(self, tokens, cache, encoder_attention_mask):
-        """tokens (N, T), cache -> (logits (N, V) float32 of the last position, cache advanced by T positions)."""
+    def _decode_step(self, tokens, cache, encoder_attention_mask, output_attentions=False,
+                     output_hidden_states=False):
+        """tokens (N, T), cache -> (logits (N, V) float32 of the last position, cache advanced by T positions,
+        self-attentions, cross-attentions, hidden states (per layer, None unless asked for))."""
         decoder = self.model.decoder
         out = decoder(inputs_embeds=decoder.embed_tokens(tokens), encoder_attention_mask=encoder_attention_mask,
-                      past_key_values=cache, use_cache=True)
-        return self.lm_logits(out.last_hidden_state[:, -1:])[:, 0], out.past_key_values
+                      past_key_values=cache, use_cache=True, output_attentions=output_attentions,
+                      output_hidden_states=output_hidden_states)
+        return (self.lm_logits(out.last_hidden_state[:, -1:])[:, 0], out.past_key_values, out.attentions,
+                out.cross_attentions, out.hidden_states)
 
     def _prepare_generation(self, gen: GenerationConfig, input_ids, attention_mask, options,
                             prefix=None) -> GenerationConfig:
@@ -329,10 +351,12 @@ class GenerationMixin:
     def _start_decoding(self, input_ids, attention_mask, gen: GenerationConfig, expand: int, prefix=None,
                         inputs_embeds=None):
         """-> (start (N, L0): decoder start tokens or the ``prefix`` (B, L0) repeated, cache with the cross
-        keys/values, encoder mask (N, S)), N = B * expand."""
-        encoder_hidden = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                                            inputs_embeds=inputs_embeds).last_hidden_state
-        if expand > 1:  # (B, S, D) -> (B * expand, S, D), copies of one input adjacent
+        keys/values, encoder mask (N, S), encoder output (B rows)), N = B * expand."""
+        encoder_out = self.model.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                         inputs_embeds=inputs_embeds, output_attentions=gen.output_attentions,
+                                         output_hidden_states=gen.output_hidden_states)
+        encoder_hidden = encoder_out.last_hidden_state
+        if expand > 1:  # one encoder row per hypothesis, copies of one input adjacent: (B * expand, S, D)
             encoder_hidden = tf.repeat(encoder_hidden, expand, axis=0)
             attention_mask = tf.repeat(attention_mask, expand, axis=0)
         cache = self.model.decoder.init_cache(encoder_hidden, gen.total_max_length)
@@ -340,34 +364,74 @@ class GenerationMixin:
             start = tf.fill([tf.shape(encoder_hidden)[0], 1], gen.decoder_start_token_id)        # (N, 1)
         else:
             start = tf.repeat(prefix, expand, axis=0) if expand > 1 else prefix                  # (N, L0)
-        return start, cache, attention_mask
+        return start, cache, attention_mask, encoder_out
+
+    def _step_buffers(self, gen: GenerationConfig, steps: int) -> dict:
+        """Empty per-step buffers for the outputs ``step`` returns (see ``_generate_core``)."""
+        layers = self.config.decoder_layers
+
+        def buffers(n: int, dtype) -> tuple:
+            return tuple(tf.TensorArray(dtype, size=steps) for _ in range(n))
+        out = {}
+        if gen.output_logits:
+            out["logits"] = tf.TensorArray(tf.float32, size=steps)
+        if gen.output_attentions:
+            out["self_attentions"] = buffers(layers, tf.float32)
+            if self.head != "causal_lm":
+                out["cross_attentions"] = buffers(layers, tf.float32)
+        if gen.output_hidden_states:
+            out["hidden_states"] = buffers(layers + 1, self.model.decoder.compute_dtype)
+        return out
 
     def _generate_core(self, input_ids, attention_mask, gen: GenerationConfig, seed=None,
-                       run_eagerly: bool = False, prefix=None, inputs_embeds=None) -> dict:
+                       run_eagerly: bool = False, prefix=None, inputs_embeds=None):
         """Pure TensorFlow, static shapes: callable eagerly, under tf.function and under XLA. ``gen`` has absolute
-        lengths (``_prepare_generation``)."""
+        lengths (``_prepare_generation``). Returns (``SearchResult``, the encoder's (attentions, hidden states),
+        each None unless asked for)."""
         input_ids = None if input_ids is None else tf.cast(input_ids, tf.int32)
         attention_mask = tf.cast(attention_mask, tf.int32)
         expand = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences
         extra = {} if prefix is None and inputs_embeds is None else {"prefix": prefix, "inputs_embeds": inputs_embeds}
-        start, cache, encoder_mask = self._start_decoding(input_ids, attention_mask, gen, expand, **extra)
+        start, cache, encoder_mask, encoder_out = self._start_decoding(input_ids, attention_mask, gen, expand,
+                                                                       **extra)
 
-        step = self._decode_step
+        decode_step = self._decode_step
         if tf.executing_eagerly() and not run_eagerly:  # the network step as a cached graph, the loop in Python
-            step = _STEP_GRAPHS.get(self)
-            if step is None:
-                step = _STEP_GRAPHS[self] = tf.function(self._decode_step, reduce_retracing=True)
-        state, rebuild = split_cache(cache)
+            decode_step = _STEP_GRAPHS.get(self)
+            if decode_step is None:
+                # no autograph: the step has no tensor-dependent Python control flow
+                decode_step = _STEP_GRAPHS[self] = tf.function(self._decode_step, reduce_retracing=True,
+                                                               autograph=False)
+        loop_cache, join = split_cache(cache)
 
-        def step_fn(tokens, state):  # (N, T) -> logits (N, V) float32, state advanced by T positions
-            logits, cache = step(tokens, rebuild(state), encoder_mask)
-            return logits, split_cache(cache)[0]
+        def step(tokens, loop_cache):
+            """(N, T) -> (logits (N, V) float32, cache advanced by T positions, the per-step outputs asked for)."""
+            logits, cache, attentions, cross_attentions, hidden_states = decode_step(
+                tokens, join(loop_cache), encoder_mask, gen.output_attentions, gen.output_hidden_states)
+            outputs = {}
+            if gen.output_logits:
+                outputs["logits"] = logits
+            if gen.output_attentions:
+                outputs["self_attentions"] = attentions
+                if cross_attentions is not None:
+                    outputs["cross_attentions"] = cross_attentions
+            if gen.output_hidden_states:
+                outputs["hidden_states"] = hidden_states
+            return logits, split_cache(cache)[0], outputs
 
-        if _prompt_length(start) > 1:  # prefill all prompt tokens but the last, which the loop's first step feeds
-            _, state = step_fn(start[:, :-1], state)
-        if gen.num_beams > 1:
-            return beam_search(step_fn, state, start, gen, seed)
-        return sample_search(step_fn, state, start, gen, seed)
+        prompt = _prompt_length(start)
+        if prompt > 1:  # prefill all prompt tokens but the last, which the loop's first step feeds
+            loop_cache = step(start[:, :-1], loop_cache)[1]
+        buffers = self._step_buffers(gen, gen.total_max_length - prompt)
+        if gen.num_beams > 1 and gen.num_beam_groups > 1:
+            from bart_tf.group_beam import group_beam_search  # it imports this module's processors
+            result = group_beam_search(step, reorder_cache, loop_cache, start, gen, buffers)
+        elif gen.num_beams > 1:
+            result = beam_search(step, reorder_cache, loop_cache, start, gen, seed, buffers)
+        else:
+            result = sample_search(step, loop_cache, start, gen, seed, buffers)
+        encoder_fields = (None, None) if encoder_out is None else (encoder_out.attentions, encoder_out.hidden_states)
+        return result, encoder_fields
 
     def _compiled_generate(self, gen: GenerationConfig, jit_compile: bool):
         """One tf.function per (model, options, mode); it retraces per input shape."""
@@ -397,21 +461,19 @@ class GenerationMixin:
         As the reference: no ``input_ids`` (nor ``inputs_embeds``) means one input of ``bos_token_id``;
         ``inputs_embeds`` (B, S, D) feed the encoder; ``decoder_input_ids`` (B, T), concrete (eager) values, is
         the decoder sequence to continue (start token put in front when no row begins with it).
-        ``output_attentions`` / ``output_hidden_states`` / ``output_logits`` are refused: the loop is one graph
-        that keeps no per-step network outputs (the PyTorch backend returns them).
+        ``return_dict_in_generate=True`` gives ``GenerateOutput`` with the reference's fields: ``scores``,
+        ``logits``, ``beam_indices``, ``sequences_scores``, encoder attentions / hidden states and the decoder's per
+        step (``output_attentions`` / ``output_hidden_states`` with a one-token decoder prompt: kept in buffers of
+        one shape per step inside the loop).
         """
         gen = resolve_generation_config(getattr(self, "generation_config", None), generation_config, options,
                                         self.config)
-        refuse_step_outputs(gen, "TensorFlow", "the decoding loop is one graph that keeps no per-step network "
-                                               "outputs")
         eager = tf.executing_eagerly()
         causal = self.head == "causal_lm"
         bos = check_generate_source(gen, causal, input_ids is not None, inputs_embeds is not None)
         if bos is not None:
             input_ids = tf.fill([1, 1], bos)
-        from bart_tf.modeling import check_inputs
-        check_inputs(self.config, causal, input_ids=input_ids, attention_mask=attention_mask,
-                     inputs_embeds=inputs_embeds)
+        self._check_generate_inputs(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds)
         prefix = None
         if decoder_input_ids is not None:
             if causal:
@@ -431,24 +493,52 @@ class GenerationMixin:
             attention_mask = infer_attention_mask(input_ids, gen.pad_token_id, gen.eos_token_id)  # (B, S) or None
             attention_mask = tf.ones_like(input_ids) if attention_mask is None else tf.cast(attention_mask, tf.int32)
         gen = self._prepare_generation(gen, input_ids, attention_mask, options, prefix)
+        prompt = _prompt_length(input_ids) if causal else (1 if prefix is None else int(prefix.shape[1]))
+        network_step_outputs(gen, prompt, "TensorFlow")
         seed = gen.seed if gen.seed is not None else (np.random.randint(0, 2**31 - 1) if gen.do_sample else 0)
         seed = tf.constant([seed, 0], tf.int32)
         extra = {} if prefix is None and inputs_embeds is None else {"prefix": prefix, "embeds": inputs_embeds}
         if eager and jit_compile is not None:
-            out = self._compiled_generate(gen.replace(seed=None), bool(jit_compile))(input_ids, attention_mask,
-                                                                                     seed, **extra)
+            result, encoder_fields = self._compiled_generate(gen.replace(seed=None), bool(jit_compile))(
+                input_ids, attention_mask, seed, **extra)
         else:
-            out = self._generate_core(input_ids, attention_mask, gen, seed, run_eagerly=run_eagerly,
-                                      prefix=prefix, inputs_embeds=inputs_embeds)
-        sequences, scores = out["sequences"], out["scores"]
+            result, encoder_fields = self._generate_core(input_ids, attention_mask, gen, seed,
+                                                         run_eagerly=run_eagerly, prefix=prefix,
+                                                         inputs_embeds=inputs_embeds)
         if eager:
-            sequences = sequences[:, :int(out["length"])]
-            if scores is not None:
-                scores = scores[:int(out["steps"])]
+            result = _crop(result, prompt)
         if not gen.return_dict_in_generate:
-            return sequences
-        return GenerateOutput(sequences=sequences, scores=None if scores is None else tuple(tf.unstack(scores)),
-                              sequences_scores=out["sequences_scores"])
+            return result.sequences
+        return _generate_output(result, encoder_fields, gen, prompt, causal, eager)
+
+
+def _crop(result: SearchResult, prompt: int) -> SearchResult:
+    """Cut the static buffers of a compiled loop to what was used (eager only: needs the values)."""
+    length, steps = int(result.length), int(result.steps)
+    return result._replace(
+        sequences=result.sequences[:, :length], length=length, steps=steps,
+        scores=None if result.scores is None else result.scores[:steps],
+        beam_indices=None if result.beam_indices is None else result.beam_indices[:, :length - prompt],
+        step_outputs=tf.nest.map_structure(lambda x: x[:steps], result.step_outputs) if result.step_outputs else None)
+
+
+def _generate_output(result: SearchResult, encoder_fields: tuple, gen: GenerationConfig, prompt: int, causal: bool,
+                     eager: bool) -> GenerateOutput:
+    """The reference's record: per-step values as a tuple per step (eager), or stacked on a leading step axis
+    (traced inside an outer ``tf.function``, where the number of steps is not known)."""
+    def per_step(x):
+        return x if x is None or not eager else tuple(tf.unstack(x))
+    out = GenerateOutput(sequences=result.sequences, scores=per_step(result.scores),
+                         sequences_scores=result.sequences_scores if gen.output_scores else None,
+                         beam_indices=result.beam_indices)
+    if result.step_outputs:
+        fields = step_outputs_layout(result.step_outputs, result.steps, prompt, causal) if eager else \
+            result.step_outputs
+        for name, value in fields.items():
+            setattr(out, name, value)
+    if not causal:
+        out.encoder_attentions, out.encoder_hidden_states = encoder_fields
+    return out
 
 
 class CausalGenerationMixin(GenerationMixin):
@@ -468,7 +558,7 @@ class CausalGenerationMixin(GenerationMixin):
 
     def _start_decoding(self, input_ids, attention_mask, gen: GenerationConfig, expand: int):
         """-> (start (N, L0) the prompt, copies of one prompt adjacent; empty self-attention cache; no encoder
-        mask), N = B * expand."""
+        mask; no encoder output), N = B * expand."""
         start = tf.repeat(input_ids, expand, axis=0) if expand > 1 else input_ids                # (N, L0)
         cache = self.model.decoder.init_cache(None, gen.total_max_length, batch_size=tf.shape(start)[0])
-        return start, cache, None
+        return start, cache, None, None

@@ -47,10 +47,6 @@ class PretrainedMixin:
     """``from_pretrained`` / ``save_pretrained`` / numpy state dicts; needs ``config``, ``head`` and
     ``canonical_variables()`` from the model."""
 
-    def canonical_variables(self) -> dict:
-        from bart_tf.modeling import canonical_variables
-        return canonical_variables(self)
-
     def numpy_state_dict(self) -> dict[str, np.ndarray]:
         """``{canonical stored name: array}`` in PyTorch layout, in name-table order."""
         variables = self.canonical_variables()

@@ -1,26 +1,18 @@
 """BART as Keras 3 models on the TensorFlow backend: the network only.
 
 Every layer carries the ``name=`` of the canonical table (``bart_core.names``); ``_named_children`` lists a
-layer's children under their canonical names, so the state dict is a walk over the tree (``canonical_variables``).
+layer's children under their canonical names, so the state dict is a walk over the tree (``surface.canonical_variables``).
 Masks follow ``bart_core.inputs`` (True = attend, one fill value ``finfo(float32).min``, softmax in float32).
 
-Bad inputs: the model's ``__call__`` and ``generate`` check their arguments with
-``bart_core.inputs.check_model_inputs`` before Keras wraps ``call``, so the error starts with the problem. Shapes
-and dtypes (ranks, masks matching their sequence, integer ids and labels, lengths) are checked under
-``tf.function`` and XLA too; values (ids and labels in ``[0, vocab_size)``) only in eager mode. Inside
-``tf.function`` an out-of-range id is not detected: without XLA, TensorFlow's CPU gather raises
-``InvalidArgumentError`` while its GPU gather returns a zero row; under XLA (``jit_compile=True``) gathers clamp
-the index into ``[0, vocab_size - 1]``, so the id silently reads the first or last embedding row, and a label
-``>= vocab_size`` gives a NaN loss. Validate ids and labels before entering compiled code.
+Inputs are checked before Keras wraps ``call`` (``inputs.py``); kernel choices live in ``kernels.py``, the
+reference's model surface that is not network code in ``surface.py`` (``ModelSurfaceMixin``).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import inspect
 import math
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import keras
 import numpy as np
@@ -29,17 +21,15 @@ import tensorflow as tf
 from bart_core import outputs as O
 from bart_core.config import BartConfig
 from bart_core.generation import default_generation_config
-from bart_core.inputs import (
-    VALUE_CHECKED,
-    TensorInfo,
-    check_model_inputs,
-    check_token_ids,
-    classification_problem_type,
-)
+from bart_core.inputs import classification_problem_type
 from bart_core.names import POSITION_OFFSET
+from bart_tf.cache import KVCache, reorder_cache  # noqa: F401  (re-exported)
 from bart_tf.generation import CausalGenerationMixin, GenerationMixin
+from bart_tf.inputs import _check_ids, check_call
 from bart_tf.io import PretrainedMixin
 from bart_tf.keras_model import KerasModelMixin
+from bart_tf.kernels import BartLayerNorm, BartLinear, matmul_2d, mixed_matmul
+from bart_tf.surface import ModelSurfaceMixin
 from bart_tf.training import KerasTrainingMixin
 
 # ============================================================ 1. activations and mask helpers
@@ -84,63 +74,6 @@ def shift_tokens_right(ids: tf.Tensor, pad_token_id: int, decoder_start_token_id
     return tf.where(out == -100, pad_token_id, out)
 
 
-def _check_ids(ids, config: BartConfig, name: str, past_length=0) -> None:
-    if ids is not None and tf.executing_eagerly():
-        check_token_ids(np.asarray(ids), config, name, int(past_length))
-
-
-def _tensor_info(x, values: bool) -> TensorInfo:
-    if not tf.is_tensor(x):  # lists and numpy arrays
-        x = np.asarray(x)
-        return TensorInfo(x.shape, x.dtype.name, x if values and x.dtype.kind in "iu" else None)
-    dtype = tf.as_dtype(x.dtype)
-    shape = None if x.shape.rank is None else tuple(x.shape.as_list())
-    concrete = values and dtype.is_integer and tf.executing_eagerly()
-    return TensorInfo(shape, dtype.name, np.asarray(x) if concrete else None)
-
-
-@tf.autograph.experimental.do_not_convert  # plain Python on static shapes: autograph must not rewrite it
-def check_inputs(config: BartConfig, causal: bool = False, past_key_values=None, **args) -> None:
-    """``bart_core.inputs.check_model_inputs`` on the arguments given, once per entry point (the model's
-    ``__call__`` and ``generate``). Shapes and dtypes are checked under tf.function and XLA too; values (ids and
-    labels in range) in eager mode only. Keras' symbolic placeholders are skipped."""
-    encoder = args.pop("encoder_outputs", None)
-    if encoder is not None:
-        args["encoder_outputs"] = encoder[0] if isinstance(encoder, (tuple, list, O.ModelOutput)) else encoder
-    past = 0
-    if past_key_values is not None:
-        past = tf.get_static_value(past_key_values.index) or 0
-    check_model_inputs(config, {k: _tensor_info(v, k in VALUE_CHECKED) for k, v in args.items()
-                                if v is not None and not isinstance(v, keras.KerasTensor)},
-                       causal, past_key_values is not None, int(past))
-
-
-def matmul_2d(x, w, transpose_b: bool = False):
-    """``x @ w`` (``w.T`` with ``transpose_b``) on the last axis of x (..., in) as one 2-D product -> (..., out).
-
-    A 3-D by 2-D ``tf.matmul`` is a broadcasting BatchMatMul: outside XLA its gradient builds a (batch, in, out)
-    kernel gradient and sums it (forward + backward measured 1.55x slower at 4 x 256 tokens, 768 -> 3072), and
-    under XLA it copies a transposed ``w`` on every call (the tied LM head's whole (V, D) table) and runs ~15%
-    slower at one row. Leading sizes stay static when known (no shape ops in eager mode)."""
-    if x.shape.rank == 2:
-        return tf.matmul(x, w, transpose_b=transpose_b)
-    size_in, out = (w.shape[1], w.shape[0]) if transpose_b else (w.shape[0], w.shape[1])
-    y = tf.matmul(tf.reshape(x, [-1, size_in]), w, transpose_b=transpose_b)           # (N, out)
-    lead = x.shape[:-1]
-    if lead.is_fully_defined():
-        return tf.reshape(y, lead.as_list() + [out])
-    return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [out]], 0))
-
-
-class BartLinear(keras.layers.Dense):
-    """Dense as one 2-D matmul plus bias (``matmul_2d``). Keras' Dense goes through tensordot: ~10 ops per call,
-    which dominated eager decoding."""
-
-    def call(self, x):  # (..., in) -> (..., out)
-        y = matmul_2d(x, tf.cast(self.kernel, x.dtype))
-        return y + tf.cast(self.bias, x.dtype) if self.use_bias else y
-
-
 def _dense(units: int, config: BartConfig, name: str, use_bias: bool = True) -> keras.layers.Dense:
     return BartLinear(units, use_bias=use_bias, name=name,
                       kernel_initializer=keras.initializers.RandomNormal(stddev=config.init_std))
@@ -157,41 +90,8 @@ def _dim(x, axis: int):
     return size if size is not None else tf.shape(x)[axis]
 
 
-class BartLayerNorm(keras.layers.LayerNormalization):
-    """LayerNormalization computed in float32 with a handful of ops (same formula, biased variance)."""
-
-    def call(self, x):  # (..., D)
-        x32 = tf.cast(x, tf.float32)
-        mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
-        y = (x32 - mean) * tf.math.rsqrt(variance + self.epsilon) * tf.cast(self.gamma, tf.float32)
-        return tf.cast(y + tf.cast(self.beta, tf.float32), self.compute_dtype)
-
-
 def _layer_norm(name: str) -> keras.layers.LayerNormalization:
     return BartLayerNorm(epsilon=1e-5, name=name)
-
-
-def _swap_variable(layer: keras.layers.Layer, attr: str, value: np.ndarray, trainable: bool) -> None:
-    """Replace ``layer.<attr>`` by a new variable holding ``value`` (a different shape: Keras variables cannot
-    be reshaped in place)."""
-    old = getattr(layer, attr)
-    locked = layer._tracker.locked
-    layer._untrack_variable(old)
-    layer._tracker.unlock()
-    try:
-        new = layer.add_weight(name=old.name, shape=value.shape, initializer=keras.initializers.Constant(value),
-                               trainable=trainable, dtype=old.dtype)
-    finally:
-        if locked:
-            layer._tracker.lock()
-    object.__setattr__(layer, attr, new)
-
-
-class KVCache(NamedTuple):
-    """Decoder state. ``layers[i] = (k, v, cross_k, cross_v)``: self-attention buffers (B, H, capacity, hd),
-    cross-attention keys/values (B, H, S, hd) computed once; ``index``: positions filled (int32 scalar)."""
-    layers: tuple
-    index: tf.Tensor
 
 
 # ============================================================ 2. embeddings
@@ -213,20 +113,11 @@ class BartScaledWordEmbedding(keras.layers.Layer):
         self.embeddings = self.add_weight(name="embeddings", shape=(self.vocab_size, self.dim), initializer=init)
         self.built = True
 
-    def call(self, ids):  # (B, T) -> (B, T, D)
-        return tf.gather(tf.cast(self.embeddings, self.compute_dtype), ids) * self.embed_scale
+    def call(self, ids):  # (B, T) -> (B, T, D) float32
+        return tf.gather(tf.cast(self.embeddings, tf.float32), ids) * self.embed_scale
 
-    def resize(self, rows: int) -> None:
-        """A table of ``rows`` rows: the kept rows copied, new rows the mean of the old ones."""
-        old = np.asarray(self.embeddings)
-        table = np.empty((rows, old.shape[1]), old.dtype)
-        keep = min(rows, old.shape[0])
-        table[:keep], table[keep:] = old[:keep], old.mean(0)
-        _swap_variable(self, "embeddings", table, trainable=True)
-        self.vocab_size = rows
-
-    def attend(self, hidden):  # (..., D) -> (..., V)
-        return matmul_2d(hidden, tf.cast(self.embeddings, hidden.dtype), transpose_b=True)
+    def attend(self, hidden):  # (..., D) -> (..., V) float32
+        return matmul_2d(hidden, self.embeddings, transpose_b=True, dtype=self.compute_dtype)
 
 
 class BartLearnedPositionalEmbedding(keras.layers.Layer):
@@ -242,9 +133,9 @@ class BartLearnedPositionalEmbedding(keras.layers.Layer):
                                           initializer=keras.initializers.RandomNormal(stddev=self.init_std))
         self.built = True
 
-    def lookup(self, past_length, length):  # -> (1, T, D); a plain method: its arguments are not tensors
+    def lookup(self, past_length, length):  # -> (1, T, D) float32; a plain method: its arguments are not tensors
         positions = tf.range(length) + past_length + POSITION_OFFSET
-        return tf.gather(tf.cast(self.embeddings, self.compute_dtype), positions)[None]
+        return tf.gather(tf.cast(self.embeddings, tf.float32), positions)[None]
 
 
 # ============================================================ 3. attention
@@ -294,15 +185,16 @@ class BartAttention(keras.layers.Layer):
                 start = [0, 0, cache_index, 0]
                 k = keras.ops.slice_update(cache[0], start, tf.cast(k, cache[0].dtype))
                 v = keras.ops.slice_update(cache[1], start, tf.cast(v, cache[1].dtype))
-        scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32) * self.scaling  # (B, H, T, S)
+        t = q.shape[2]                                             # rows of both products
+        scores = mixed_matmul(q, k, self.compute_dtype, t, transpose_b=True) * self.scaling  # (B, H, T, S) float32
         if attn_mask is not None:  # bool masks travel between layers (Keras would autocast a float bias)
             scores += attention_bias(attn_mask)
         probs = tf.nn.softmax(scores, axis=-1)
         if layer_head_mask is not None:
             probs = probs * tf.reshape(tf.cast(layer_head_mask, probs.dtype), [1, -1, 1, 1])
         weights = probs if output_attentions else None
-        probs = _drop(self.dropout, tf.cast(probs, v.dtype), training)
-        out = tf.matmul(probs, v)                                  # (B, H, T, hd)
+        probs = _drop(self.dropout, probs, training)
+        out = mixed_matmul(probs, v, self.compute_dtype, t)        # (B, H, T, hd) float32
         b, t = _dim(out, 0), _dim(out, 2)
         out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, self.dim])  # (B, T, D)
         return self.out_proj(out), weights, (k, v)
@@ -446,7 +338,7 @@ class BartEncoder(keras.layers.Layer):
             _check_ids(input_ids, self.config, "input_ids")
             inputs_embeds = self.embed_tokens(tf.cast(input_ids, tf.int32))      # (B, S, D)
         s = _dim(inputs_embeds, 1)
-        hidden = tf.cast(inputs_embeds, self.compute_dtype) + self.embed_positions.lookup(0, s)
+        hidden = tf.cast(inputs_embeds, tf.float32) + self.embed_positions.lookup(0, s)  # float32 stream
         hidden = _drop(self.dropout, self.layernorm_embedding(hidden), training)
         mask = make_padding_mask(attention_mask)                                  # (B, 1, 1, S) or None
         states, attentions = (), ()
@@ -536,7 +428,7 @@ class BartDecoder(keras.layers.Layer):
         if past_key_values is not None and static_index is not None and inputs_embeds.shape[1] is not None:
             past_key_values = self._grow(past_key_values, int(static_index) + inputs_embeds.shape[1])
         capacity = t if past_key_values is None else _dim(past_key_values.layers[0][0], 2)
-        hidden = tf.cast(inputs_embeds, self.compute_dtype) + self.embed_positions.lookup(index, t)
+        hidden = tf.cast(inputs_embeds, tf.float32) + self.embed_positions.lookup(index, t)  # float32 stream
         hidden = _drop(self.dropout, self.layernorm_embedding(hidden), training)
 
         # masks, built once (bool, True = attend): self-attention (B|1, 1, T, capacity), cross (B, 1, 1, S)
@@ -653,34 +545,8 @@ def _seq2seq_fields(out: O.Seq2SeqModelOutput) -> dict:
                                           "encoder_hidden_states", "encoder_attentions")}
 
 
-def canonical_variables(layer, prefix: str = "") -> dict:
-    """Walk ``_named_children``: ``{canonical name: (keras Variable, transpose)}`` for every stored tensor."""
-    out = {}
-    if isinstance(layer, keras.layers.Dense):
-        out[prefix + "weight"] = (layer.kernel, True)
-        if layer.bias is not None:
-            out[prefix + "bias"] = (layer.bias, False)
-    elif isinstance(layer, keras.layers.LayerNormalization):
-        out[prefix + "weight"], out[prefix + "bias"] = (layer.gamma, False), (layer.beta, False)
-    elif isinstance(layer, (BartScaledWordEmbedding, BartLearnedPositionalEmbedding)):
-        out[prefix + "weight"] = (layer.embeddings, False)
-    else:
-        for name, child in layer._named_children():
-            out.update(canonical_variables(child, prefix + name + "."))
-    return out
-
-
-_CHECKED = ("input_ids", "attention_mask", "inputs_embeds", "decoder_input_ids", "decoder_attention_mask",
-            "decoder_inputs_embeds", "encoder_outputs", "encoder_hidden_states", "encoder_attention_mask", "labels")
-
-
-@functools.lru_cache(maxsize=None)
-def _call_parameters(cls) -> tuple:
-    """Names of ``cls.call``'s parameters, in order (positional arguments of ``__call__`` map onto them)."""
-    return tuple(inspect.signature(cls.call).parameters)[1:]
-
-
-class BartPreTrainedModel(PretrainedMixin, KerasModelMixin, KerasTrainingMixin, keras.Model):
+class BartPreTrainedModel(ModelSurfaceMixin, PretrainedMixin, KerasModelMixin, KerasTrainingMixin,
+                          keras.Model):
     """Shared by the five classes: config handling, canonical state dict, IO, Keras training hooks."""
 
     head = "base"
@@ -692,85 +558,24 @@ class BartPreTrainedModel(PretrainedMixin, KerasModelMixin, KerasTrainingMixin, 
         self.generation_config = default_generation_config(config, self.head)  # None for non-generating heads
 
     def __call__(self, *args, **kwargs):
-        """Inputs are checked here, before Keras wraps ``call``: its errors would start with "Exception
-        encountered when calling ...", not with the problem. As the reference, the first argument may be a
-        dict of inputs (the tokenizer's ``BatchEncoding``): its entries become keyword arguments, beside the
-        keyword arguments given (an argument given both ways is an error)."""
-        if args and isinstance(args[0], dict):
-            inputs = dict(args[0])
-            both = sorted(set(inputs) & set(kwargs))
-            if both:
-                raise TypeError(f"{type(self).__name__}: {both} given both in the input dict and as keywords")
-            args, kwargs = args[1:], {**inputs, **kwargs}
-            if args:
-                raise TypeError(f"{type(self).__name__}: with a dict of inputs, pass the rest as keywords")
-        given = dict(zip(_call_parameters(type(self)), args), **kwargs)
-        if self.head not in ("conditional_generation", "causal_lm"):
-            given.pop("labels", None)  # class labels and positions: not token ids
-        check_inputs(self.config, self.head == "causal_lm", given.get("past_key_values"),
-                     **{k: given.get(k) for k in _CHECKED})
+        """Inputs are checked here (``bart_tf.inputs.check_call``), before Keras wraps ``call``: its errors would
+        start with "Exception encountered when calling ...", not with the problem."""
+        args, kwargs = check_call(self, args, kwargs)
         return super().__call__(*args, **kwargs)
 
     def _finish_init(self):  # create every variable now, so the state dict exists before the first call
         for layer in self._layers:
             if not layer.built:
                 layer.build()
+        if self.compute_dtype != self.variable_dtype:  # mixed policy: no layer casts its inputs, so the residual
+            for layer in self._flatten_layers():       # stream, norms and softmax stay float32 and each product
+                layer.autocast = False                  # casts its own operands (mixed_matmul)
         self.built = True
 
     def _flags(self, output_attentions, output_hidden_states, use_cache, return_dict):
         """Arguments given win, then the config's flags (``bart_core.outputs.output_flags``)."""
         oa, oh, rd = O.output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         return oa, oh, self.config.use_cache if use_cache is None else bool(use_cache), rd
-
-    # ------------------------------------------------------------------ the reference's model surface
-    def get_input_embeddings(self) -> "BartScaledWordEmbedding":
-        """The token embedding layer (shared by encoder and decoder)."""
-        return self.get_decoder().embed_tokens
-
-    def get_encoder(self):
-        return getattr(self.model, "encoder", None)
-
-    def get_decoder(self):
-        return self.model.decoder
-
-    def get_output_embeddings(self):
-        """The layer whose ``attend`` gives the logits (the tied embedding or ``lm_head``); None without LM head."""
-        if not hasattr(self, "lm_logits"):
-            return None
-        return self.lm_head if getattr(self, "lm_head", None) is not None else self.get_input_embeddings()
-
-    @classmethod
-    def can_generate(cls) -> bool:
-        return cls.head in ("conditional_generation", "causal_lm")
-
-    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
-        """Parameters counted once each (the tied embedding once), as the reference."""
-        seen, total = set(), 0
-        emb = {id(v) for v in self.get_input_embeddings().weights} if exclude_embeddings else set()
-        for v in (self.trainable_weights if only_trainable else self.weights):
-            if id(v) in seen or id(v) in emb:
-                continue
-            seen.add(id(v))
-            total += int(np.prod(v.shape))
-        return total
-
-    def resize_token_embeddings(self, new_num_tokens: Optional[int] = None):
-        """Resize the vocabulary to ``new_num_tokens`` rows as the reference: kept rows copied, new rows the mean
-        of the old ones (an untied ``lm_head`` likewise), new ``final_logits_bias`` entries zero. Returns the
-        embedding layer; ``None`` changes nothing."""
-        emb = self.get_input_embeddings()
-        if new_num_tokens is None or new_num_tokens == emb.vocab_size:
-            return emb
-        emb.resize(new_num_tokens)
-        if getattr(self, "lm_head", None) is not None:
-            self.lm_head.resize(new_num_tokens)
-        if hasattr(self, "final_logits_bias"):
-            old = np.asarray(self.final_logits_bias)
-            bias = np.zeros((1, new_num_tokens), old.dtype)
-            bias[:, :min(new_num_tokens, old.shape[1])] = old[:, :new_num_tokens]
-            _swap_variable(self, "final_logits_bias", bias, trainable=False)
-        self.config.vocab_size = new_num_tokens
-        return emb
 
     @staticmethod
     def _result(out, return_dict: bool):
@@ -828,7 +633,7 @@ class BartForConditionalGeneration(GenerationMixin, BartPreTrainedModel):
         return [("model", self.model)] + ([("lm_head", self.lm_head)] if self.lm_head is not None else [])
 
     def canonical_variables(self):
-        return {**canonical_variables(self), "final_logits_bias": (self.final_logits_bias, False)}
+        return {**super().canonical_variables(), "final_logits_bias": (self.final_logits_bias, False)}
 
     def lm_logits(self, hidden):  # (B, T, D) -> (B, T, V) float32
         head = self.model.shared if self.lm_head is None else self.lm_head

@@ -1,24 +1,26 @@
-"""Decoding, separated from the network.
+"""Decoding for the PyTorch backend: ``sample_search`` (arg-max and sampling) and ``beam_search`` over a step function.
 
-The search loops (``greedy_search`` for arg-max and sampling, ``beam_search``) see the model only through a step
-function ``step(tokens, cache) -> (logits, cache)``: ``tokens`` is ``(N, t)`` (the whole sequence when there is no
-cache, else the last token), ``logits`` ``(N, V)`` float32 for the last position. Beam search also gets
-``reorder(cache, rows) -> cache``. Options are ``bart_core.generation.GenerationConfig``; its docstring fixes the
-length conventions and the processor order (repetition penalty, no-repeat n-gram, min length, forced BOS, forced
-EOS; then temperature, top-k, top-p when sampling).
+The loops see the model only through ``step(tokens, cache) -> (logits, cache, outputs)``: ``tokens`` is ``(N, t)``
+(the whole sequence when there is no cache, else the last token), ``logits`` ``(N, V)`` float32 for the last
+position, ``outputs`` the per-step network outputs asked for (a dict, empty by default); beam search also gets
+``reorder(cache, rows) -> cache`` (``bart_torch.cache.reorder_cache``). The three backends' ``generation.py`` are
+translations of one another: same loops, same state names, same ``bart_core.generation.SearchResult``; the
+numbers that are not framework code (``BEAM_FILL``, ``num_candidates``, ``length_normalizer``,
+``bound_length``) live in ``bart_core.generation``, and ``docs/design.md`` ("Decoding") is the vocabulary.
+Options are ``bart_core.generation.GenerationConfig``; its docstring fixes the length conventions and the
+processor order. This module imports nothing from ``modeling``: the model hands over its decoder, its logits
+and its input check (``model._check_generate_inputs``).
 
 Beam search follows the reference (transformers 4.57.6) rules, so results are token-identical:
 
-* each step ranks the ``2 * num_beams`` best continuations of all beams by summed log-probability;
-* a continuation that ends in EOS, or reaches ``max_length``, is a finished hypothesis only if it is among the
-  first ``num_beams`` of those candidates; its score is ``sum_logprobs / generated_len ** length_penalty`` where
-  ``generated_len`` counts the tokens after the start token, EOS included; the best ``num_beams`` finished
-  hypotheses are kept;
-* the ``num_beams`` best unfinished candidates continue;
-* a batch item is done when its best running beam cannot beat its worst kept hypothesis (with
-  ``early_stopping=False`` the running score is normalised by the current length; with ``"never"`` and a
-  positive length penalty by ``max_length``), or, with ``early_stopping=True``, as soon as it has ``num_beams``
-  hypotheses; every hypothesis is scored with the length at which it finished;
+* each step ranks the ``num_candidates(num_beams) = 2 * num_beams`` best continuations of all beams by summed
+  log-probability;
+* a candidate that ends in EOS, or reaches ``max_length``, is a finished hypothesis only if it is among the
+  first ``num_beams`` candidates; its score is ``sum_logprobs / length_normalizer(generated)``, ``generated``
+  counting the tokens after the decoder prompt, EOS included; the best ``num_beams`` finished hypotheses are kept;
+* the ``num_beams`` best candidates that did not end go on (``running``);
+* an input stops improving when its best running beam, normalised by ``bound_length``, cannot beat its worst kept
+  hypothesis, or, with ``early_stopping=True``, as soon as it has ``num_beams`` hypotheses;
 * outputs are padded with ``pad_token_id`` to the longest returned hypothesis.
 """
 
@@ -31,20 +33,27 @@ import torch
 import torch.nn.functional as F
 
 from bart_core.generation import (
+    BEAM_FILL,
     GenerationConfig,
+    SearchResult,
     bad_word_sequences,
+    bound_length,
     check_generate_source,
     decoder_prompt,
+    length_normalizer,
+    num_candidates,
     resolve_generation_config,
     resolve_lengths,
 )
 from bart_core.inputs import check_unpadded_prompt, infer_attention_mask
 from bart_core.outputs import BaseModelOutput, GenerateOutput
+from bart_torch import kernels
+from bart_torch.cache import KVCache, reorder_cache
+from bart_torch.packed import encode_packed
 
 NEG_INF = float("-inf")
-BEAM_PENALTY = -1.0e9  # score given to slots that must not be chosen (as the reference)
 
-StepFn = Callable[[torch.Tensor, object], tuple]
+StepFn = Callable[[torch.Tensor, object], tuple]  # (tokens (N, t), cache) -> (logits (N, V), cache, outputs)
 
 
 # ============================================================================ logit processors
@@ -209,36 +218,40 @@ def _apply(procs, seqs, scores):
 # ============================================================================ search loops
 
 
-def greedy_search(step: StepFn, start: torch.Tensor, cache, gen: GenerationConfig, procs: list,
-                  generator: Optional[torch.Generator] = None, output_scores: bool = False):
-    """Arg-max (or sampling when ``gen.do_sample``). start: (N, L0). Returns (sequences (N, L), scores)."""
-    n, cur = start.shape
-    max_length = gen.max_length
-    seqs = start.new_full((n, max_length), gen.pad_token_id)  # (N, max_length), written in place
-    seqs[:, :cur] = start
-    unfinished = torch.ones(n, dtype=torch.bool, device=start.device)
+def sample_search(step: StepFn, cache, start: torch.Tensor, gen: GenerationConfig,
+                  rng: Optional[torch.Generator] = None) -> SearchResult:
+    """Arg-max, or sampling when ``gen.do_sample``, continuing start (N, L0); ``rng`` drives sampling."""
+    procs = build_processors(gen)
+    n, cur_len = start.shape
+    prompt, max_length = cur_len, gen.max_length
     eos, pad = gen.eos_token_id, gen.pad_token_id
-    scores_out = []
+    sequences = start.new_full((n, max_length), pad)  # (N, max_length), written in place
+    sequences[:, :cur_len] = start
+    unfinished = torch.ones(n, dtype=torch.bool, device=start.device)  # (N,)
+    scores, step_outputs = [], []
     tokens = start
-    while True:
-        logits, cache = step(tokens, cache)  # (N, V)
-        scores = _apply(procs, seqs[:, :cur], logits.float())
-        if output_scores:
-            scores_out.append(scores)
+    stop = False
+    while not stop:
+        logits, cache, outputs = step(tokens, cache)  # (N, V)
+        step_scores = _apply(procs, sequences[:, :cur_len], logits.float())
+        if gen.output_scores:
+            scores.append(step_scores)
+        if outputs:
+            step_outputs.append(outputs)
         if gen.do_sample:
-            nxt = torch.multinomial(F.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)
+            next_tokens = torch.multinomial(F.softmax(step_scores, dim=-1), 1, generator=rng).squeeze(1)
         else:
-            nxt = scores.argmax(-1)  # (N,)
+            next_tokens = step_scores.argmax(-1)  # (N,)
         if eos is not None:
-            nxt = torch.where(unfinished, nxt, pad)
-        seqs[:, cur] = nxt
-        cur += 1
-        if eos is not None:
-            unfinished &= nxt != eos
-        if cur >= max_length or not bool(unfinished.any()):
-            break
-        tokens = seqs[:, cur - 1:cur] if cache is not None else seqs[:, :cur]
-    return seqs[:, :cur], tuple(scores_out) if output_scores else None
+            next_tokens = torch.where(unfinished, next_tokens, pad)
+            unfinished &= next_tokens != eos
+        sequences[:, cur_len] = next_tokens
+        cur_len += 1
+        stop = cur_len >= max_length or not bool(unfinished.any())
+        tokens = sequences[:, cur_len - 1:cur_len] if cache is not None else sequences[:, :cur_len]
+    return SearchResult(sequences[:, :cur_len], cur_len, cur_len - prompt,
+                        scores=tuple(scores) if gen.output_scores else None,
+                        step_outputs=tuple(step_outputs) if step_outputs else None)
 
 
 def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -248,81 +261,100 @@ def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(t, idx, dim=1)
 
 
-def beam_search(step: StepFn, reorder: Callable, start: torch.Tensor, cache, gen: GenerationConfig,
-                procs: list, output_scores: bool = False, generator: Optional[torch.Generator] = None):
-    """start: (B * num_beams, L0), beams of one input adjacent. Returns (sequences, scores, sequence scores).
-    With ``gen.do_sample`` (beam sampling) the ``2 * num_beams`` candidates are drawn without replacement from
-    the softmax of the accumulated scores instead of taken as the best, as the reference."""
-    beams, lp, early, max_length = gen.num_beams, gen.length_penalty, gen.early_stopping, gen.max_length
+def beam_search(step: StepFn, reorder: Callable, cache, start: torch.Tensor, gen: GenerationConfig,
+                rng: Optional[torch.Generator] = None) -> SearchResult:
+    """Beams continuing start (B * num_beams, L0), beams of one input adjacent. With ``gen.do_sample`` (beam
+    sampling) the candidates are drawn without replacement from the softmax of the accumulated scores instead of
+    taken as the best, in the order drawn, as the reference."""
+    procs = build_processors(gen)
+    num_beams, max_length = gen.num_beams, gen.max_length
     n, prompt = start.shape
-    b = n // beams
+    b = n // num_beams
     eos = gen.eos_token_id
     device = start.device
-    k = 2 * beams  # candidates kept per step: enough for num_beams unfinished ones even if num_beams end in EOS
+    candidates = num_candidates(num_beams)
     fill = (gen.pad_token_id or eos) if eos is not None else -1
-    alive = start.new_full((b, beams, max_length), fill)  # (B, beams, max_length) running hypotheses
-    alive[:, :, :prompt] = start.view(b, beams, prompt)
-    alive_scores = torch.zeros((b, beams), dtype=torch.float32, device=device)
-    alive_scores[:, 1:] = BEAM_PENALTY  # all beams start identical: only the first may expand
-    done = alive.clone()  # (B, beams, max_length) finished hypotheses, best first
-    done_scores = torch.full((b, beams), BEAM_PENALTY, dtype=torch.float32, device=device)
-    done_set = torch.zeros((b, beams), dtype=torch.bool, device=device)
-    done_len = torch.zeros((b, beams), dtype=torch.long, device=device)  # generated tokens per hypothesis
+    running = start.new_full((b, num_beams, max_length), fill)  # (B, nb, max_length) running hypotheses
+    running[:, :, :prompt] = start.view(b, num_beams, prompt)
+    running_scores = torch.zeros((b, num_beams), dtype=torch.float32, device=device)
+    running_scores[:, 1:] = BEAM_FILL  # all beams start identical: only the first may expand
+    running_beam_indices = torch.full((b, num_beams, max_length - prompt), -1, dtype=torch.long, device=device)
+    sequences = running.clone()  # (B, nb, max_length) kept (finished) hypotheses, best first
+    beam_scores = torch.full((b, num_beams), BEAM_FILL, dtype=torch.float32, device=device)
+    beam_indices = running_beam_indices.clone()  # (B, nb, max_length - L0)
+    finished = torch.zeros((b, num_beams), dtype=torch.bool, device=device)
+    finished_len = torch.zeros((b, num_beams), dtype=torch.long, device=device)  # generated tokens
     improvable = torch.ones((b, 1), dtype=torch.bool, device=device)
-    first_beams = torch.arange(k, device=device) < beams  # (K,)
-    batch_base = (torch.arange(b, device=device) * beams)[:, None]  # (B, 1)
-    scores_out = []
-    cur = prompt
-    while True:
-        flat = alive[:, :, :cur].reshape(n, cur)
-        logits, cache = step(flat[:, -1:] if cache is not None and cur > prompt else flat, cache)  # (N, V)
+    top_beams = torch.arange(candidates, device=device) < num_beams  # (C,) candidates that may finish
+    batch_offset = (torch.arange(b, device=device) * num_beams)[:, None]  # (B, 1)
+    scores, step_outputs = [], []
+    cur_len = prompt
+    stop = False
+    while not stop:
+        flat = running[:, :, :cur_len].reshape(n, cur_len)
+        tokens = flat[:, -1:] if cache is not None and cur_len > prompt else flat
+        logits, cache, outputs = step(tokens, cache)  # (N, V)
         vocab = logits.shape[-1]
-        logp = _apply(procs, flat, F.log_softmax(logits.float(), dim=-1))  # (N, V)
-        if output_scores:
-            scores_out.append(logp)
-        total = (logp.view(b, beams, vocab) + alive_scores[:, :, None]).view(b, beams * vocab)
-        if gen.do_sample:  # candidates in the order drawn (the reference's)
-            cand_idx = torch.multinomial(F.softmax(total, dim=-1), k, generator=generator)  # (B, K)
-            cand_scores = total.gather(1, cand_idx)
+        log_probs = _apply(procs, flat, F.log_softmax(logits.float(), dim=-1))  # (N, V)
+        if gen.output_scores:
+            scores.append(log_probs)
+        if outputs:
+            step_outputs.append(outputs)
+        total = (log_probs.view(b, num_beams, vocab) + running_scores[:, :, None]).view(b, num_beams * vocab)
+
+        # the best `candidates` continuations of all beams (drawn, when sampling)
+        if gen.do_sample:
+            cand_index = torch.multinomial(F.softmax(total, dim=-1), candidates, generator=rng)  # (B, C)
+            cand_scores = total.gather(1, cand_index)
         else:
-            cand_scores, cand_idx = torch.topk(total, k)  # (B, K)
-        cand_beam, cand_tok = cand_idx // vocab, cand_idx % vocab
-        cand = _take(alive, cand_beam)  # (B, K, max_length)
-        cand[:, :, cur] = cand_tok
-        ends = cand_tok == eos if eos is not None else torch.zeros_like(cand_tok, dtype=torch.bool)
-        if cur + 1 >= max_length:
+            cand_scores, cand_index = torch.topk(total, candidates)  # (B, C)
+        cand_parent, cand_tokens = cand_index // vocab, cand_index % vocab
+        cand_seqs = _take(running, cand_parent)  # (B, C, max_length)
+        cand_seqs[:, :, cur_len] = cand_tokens
+        cand_beam_indices = _take(running_beam_indices, cand_parent)  # (B, C, max_length - L0)
+        cand_beam_indices[:, :, cur_len - prompt] = cand_parent + batch_offset
+        ends = cand_tokens == eos if eos is not None else torch.zeros_like(cand_tokens, dtype=torch.bool)
+        if cur_len + 1 >= max_length:
             ends = torch.ones_like(ends)
-        # the num_beams best candidates that did not end continue
-        cont_scores = cand_scores + ends.to(torch.float32) * BEAM_PENALTY
-        keep = torch.topk(cont_scores, beams)[1]  # (B, beams)
-        alive, alive_scores = _take(cand, keep), _take(cont_scores, keep)
-        rows = _take(cand_beam + batch_base, keep).view(-1)  # (N,) source row of each continuing beam
-        # candidates among the first num_beams that ended become hypotheses, scored with their length
-        newly = ends & first_beams[None, :]
-        normed = cand_scores / ((cur + 1 - prompt) ** lp)
-        normed += (done_set.all(-1, keepdim=True) & (early is True)).to(torch.float32) * BEAM_PENALTY
-        normed += (~improvable).to(torch.float32) * BEAM_PENALTY
-        normed += (~newly) * BEAM_PENALTY
-        pool_scores = torch.cat((done_scores, normed), dim=1)  # (B, beams + K)
-        best = torch.topk(pool_scores, beams)[1]
-        done = _take(torch.cat((done, cand), dim=1), best)
-        done_scores = _take(pool_scores, best)
-        done_set = _take(torch.cat((done_set, newly), dim=1), best)
-        done_len = _take(torch.cat((done_len, torch.full_like(cand_tok, cur + 1 - prompt)), dim=1), best)
+
+        # the num_beams best candidates that did not end go on
+        go_on_scores = cand_scores + ends.to(torch.float32) * BEAM_FILL
+        go_on = torch.topk(go_on_scores, num_beams)[1]  # (B, nb)
+        running, running_scores = _take(cand_seqs, go_on), _take(go_on_scores, go_on)
+        running_beam_indices = _take(cand_beam_indices, go_on)
+
+        # candidates among the top num_beams that ended join the kept hypotheses, scored with their length
+        newly_finished = ends & top_beams[None, :]
+        normed = cand_scores / length_normalizer(cur_len + 1 - prompt, gen.length_penalty)
+        normed += (finished.all(-1, keepdim=True) & (gen.early_stopping is True)).to(torch.float32) * BEAM_FILL
+        normed += (~improvable).to(torch.float32) * BEAM_FILL
+        normed += (~newly_finished).to(torch.float32) * BEAM_FILL
+        merged_scores = torch.cat((beam_scores, normed), dim=1)  # (B, nb + C)
+        best = torch.topk(merged_scores, num_beams)[1]  # (B, nb)
+        sequences = _take(torch.cat((sequences, cand_seqs), dim=1), best)
+        beam_scores = _take(merged_scores, best)
+        beam_indices = _take(torch.cat((beam_indices, cand_beam_indices), dim=1), best)
+        finished = _take(torch.cat((finished, newly_finished), dim=1), best)
+        finished_len = _take(torch.cat((finished_len, torch.full_like(cand_tokens, cur_len + 1 - prompt)), dim=1),
+                             best)
+
         if cache is not None:
-            cache = reorder(cache, rows)
-        cur += 1
-        # can a running beam still beat the worst kept hypothesis?
-        horizon = (max_length if early == "never" and lp > 0.0 else cur) - prompt
-        best_running = alive_scores[:, :1] / (horizon ** lp)
-        worst_done = torch.where(done_set, done_scores.min(dim=1, keepdim=True)[0], BEAM_PENALTY)
-        improvable = improvable & (best_running > worst_done).any(-1, keepdim=True)
-        if not bool(improvable.any()) or (early is True and bool(done_set.all())) or bool(ends.all()):
-            break
-    ret = gen.num_return_sequences
-    length = prompt + int(done_len[:, :ret].max())
-    sequences = done[:, :ret, :length].reshape(b * ret, length)
-    return sequences, tuple(scores_out) if output_scores else None, done_scores[:, :ret].reshape(-1)
+            cache = reorder(cache, (_take(cand_parent, go_on) + batch_offset).view(-1))
+        cur_len += 1
+        # can the best running beam still beat the worst kept hypothesis?
+        best_running = running_scores[:, :1] / length_normalizer(bound_length(cur_len, prompt, gen),
+                                                                 gen.length_penalty)
+        worst_kept = torch.where(finished, beam_scores.min(dim=1, keepdim=True)[0], BEAM_FILL)
+        improvable = improvable & (best_running > worst_kept).any(-1, keepdim=True)
+        stop = (cur_len >= max_length or not bool(improvable.any())
+                or (gen.early_stopping is True and bool(finished.all())) or bool(ends.all()))
+    r = gen.num_return_sequences
+    generated = int(finished_len[:, :r].max())
+    return SearchResult(sequences[:, :r, :prompt + generated].reshape(b * r, prompt + generated), prompt + generated,
+                        cur_len - prompt, scores=tuple(scores) if gen.output_scores else None,
+                        sequences_scores=beam_scores[:, :r].reshape(-1),
+                        beam_indices=beam_indices[:, :r, :generated].reshape(b * r, generated),
+                        step_outputs=tuple(step_outputs) if step_outputs else None)
 
 
 # ============================================================================ model glue
@@ -358,7 +390,7 @@ def generate(model, input_ids=None, attention_mask=None, generator: Optional[tor
     gen = resolve_generation_config(getattr(model, "generation_config", None), generation_config, options,
                                     model.config)
     ctx = torch.inference_mode() if inference_mode else torch.no_grad()
-    with ctx:
+    with ctx, kernels.threads_for_load(enabled=kernels.kernel_of(model) != "aten"):
         return _generate(model, input_ids, attention_mask, gen, generator, encoder_outputs,
                          max_length_given=options.get("max_length") is not None, inputs_embeds=inputs_embeds,
                          decoder_input_ids=decoder_input_ids)
@@ -366,10 +398,8 @@ def generate(model, input_ids=None, attention_mask=None, generator: Optional[tor
 
 def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator, encoder_outputs,
               max_length_given: bool, inputs_embeds=None, decoder_input_ids=None):
-    from bart_torch.modeling import BartForCausalLM, KVCache, check_inputs
-
     config = model.config
-    causal = isinstance(model, BartForCausalLM)
+    causal = model.head == "causal_lm"
     device = model.get_input_embeddings().weight.device
     input_ids = _to_tensor(input_ids, device)
     attention_mask = _to_tensor(attention_mask, device)
@@ -388,7 +418,7 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
             input_ids = input_ids[None]
             if attention_mask is not None and attention_mask.dim() == 1:
                 attention_mask = attention_mask[None]
-    check_inputs(config, causal, input_ids=input_ids, attention_mask=attention_mask, encoder_outputs=encoder_outputs)
+    model._check_generate_inputs(input_ids=input_ids, attention_mask=attention_mask, encoder_outputs=encoder_outputs)
     if attention_mask is None and input_ids is not None:
         attention_mask = infer_attention_mask(input_ids, gen.pad_token_id, gen.eos_token_id)  # (B, S) or None
         if attention_mask is not None and bool(attention_mask.all()):
@@ -397,6 +427,7 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
         generator = torch.Generator(device=device).manual_seed(gen.seed)
     expand = gen.num_beams if gen.num_beams > 1 else gen.num_return_sequences
     dtype = model.get_input_embeddings().weight.dtype
+    decoder = model.get_decoder()
 
     if causal:
         if decoder_input_ids is not None:
@@ -404,16 +435,15 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
         check_unpadded_prompt(input_ids.cpu().numpy(), None if attention_mask is None else
                               attention_mask.cpu().numpy(), gen.pad_token_id, gen.eos_token_id)
         start = input_ids.repeat_interleave(expand, dim=0)  # (N, L0)
-        decoder = model.model.decoder
         enc_hidden = enc_mask = None
     else:
         if encoder_outputs is None:
-            encoder_outputs = model.model.encoder(  # pads are masked in cross-attention
-                input_ids=input_ids, attention_mask=attention_mask, skip_padding=True,
-                output_attentions=gen.output_attentions, output_hidden_states=gen.output_hidden_states)
+            encoder_outputs = encode_packed(  # padded positions skipped: cross-attention masks them
+                model.model.encoder, input_ids, attention_mask, gen.output_attentions, gen.output_hidden_states)
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0] if isinstance(
                 encoder_outputs, (tuple, list)) else encoder_outputs)
+        # one encoder row per hypothesis (as the reference): each has its own cross keys/values, never reordered
         enc_hidden = encoder_outputs.last_hidden_state.repeat_interleave(expand, dim=0)  # (N, S, D)
         enc_mask = None if attention_mask is None else attention_mask.repeat_interleave(expand, dim=0)
         if enc_mask is not None and bool(enc_mask.bool().all()):
@@ -427,56 +457,48 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
                 raise ValueError(f"decoder_input_ids has {prefix.shape[0]} rows for "
                                  f"{enc_hidden.shape[0] // expand} inputs")
             start = torch.as_tensor(prefix, dtype=torch.long, device=device).repeat_interleave(expand, dim=0)
-        decoder = model.model.decoder
 
     gen = resolve_lengths(gen, start.shape[1], max_length_given, config.max_position_embeddings)
-    procs = build_processors(gen)
-
-    record = {"logits": [], "attentions": [], "cross_attentions": [], "hidden_states": []}
 
     def step(tokens: torch.Tensor, cache):
-        """tokens: (N, t) -> logits (N, V) of the last position, cache."""
+        """tokens: (N, t) -> (logits (N, V) of the last position, cache, the per-step outputs asked for)."""
         out = decoder(input_ids=tokens, encoder_hidden_states=enc_hidden if cache is None or
                       cache.cross_k[0] is None else None, encoder_attention_mask=enc_mask, past_key_values=cache,
                       use_cache=cache is not None, check_inputs=False, output_attentions=gen.output_attentions,
                       output_hidden_states=gen.output_hidden_states)
         logits = model.logits(out.last_hidden_state[:, -1, :])
+        outputs = {}
         if gen.output_logits:
-            record["logits"].append(logits.float())
+            outputs["logits"] = logits.float()
         if gen.output_attentions:
-            record["attentions"].append(out.attentions)
-            record["cross_attentions"].append(out.cross_attentions)
+            outputs["self_attentions"], outputs["cross_attentions"] = out.attentions, out.cross_attentions
         if gen.output_hidden_states:
-            record["hidden_states"].append(out.hidden_states)
-        return logits, out.past_key_values
+            outputs["hidden_states"] = out.hidden_states
+        return logits, out.past_key_values, outputs
 
     cache = KVCache.allocate(config, start.shape[0], gen.max_length - 1, device, dtype) if gen.use_cache else None
-    if gen.num_beams > 1:
-        cross_fixed: list = []  # decided after the first step, when the cross keys/values exist
-
-        def reorder(c: KVCache, rows: torch.Tensor) -> KVCache:
-            if not cross_fixed:
-                cross_fixed.append(c.cross_rows_repeat(gen.num_beams))
-            return c.reorder(rows, cross=not cross_fixed[0])
-
-        seqs, scores, seq_scores = beam_search(step, reorder, start, cache, gen, procs,
-                                               output_scores=gen.output_scores, generator=generator)
+    if gen.num_beams > 1 and gen.num_beam_groups > 1:
+        from bart_torch.group_beam import group_beam_search  # it imports this module's processors
+        result = group_beam_search(step, reorder_cache, cache, start, gen)
+    elif gen.num_beams > 1:
+        result = beam_search(step, reorder_cache, cache, start, gen, generator)
     else:
-        seqs, scores = greedy_search(step, start, cache, gen, procs, generator,
-                                     output_scores=gen.output_scores)
-        seq_scores = None
+        result = sample_search(step, cache, start, gen, generator)
     if not gen.return_dict_in_generate:
-        return seqs
-    out = GenerateOutput(sequences=seqs, scores=scores, sequences_scores=seq_scores,
-                         logits=tuple(record["logits"]) if gen.output_logits else None)
-    steps = {"attentions": tuple(record["attentions"]) if gen.output_attentions else None,
-             "hidden_states": tuple(record["hidden_states"]) if gen.output_hidden_states else None}
+        return result.sequences
+    out = GenerateOutput(sequences=result.sequences, scores=result.scores, beam_indices=result.beam_indices,
+                         sequences_scores=result.sequences_scores if gen.output_scores else None)
+    steps = result.step_outputs or ()
+    if gen.output_logits:
+        out.logits = tuple(o["logits"] for o in steps)
+    attentions = tuple(o["self_attentions"] for o in steps) if gen.output_attentions else None
+    hidden_states = tuple(o["hidden_states"] for o in steps) if gen.output_hidden_states else None
     if causal:
-        out.attentions, out.hidden_states = steps["attentions"], steps["hidden_states"]
+        out.attentions, out.hidden_states = attentions, hidden_states
     else:
-        out.decoder_attentions, out.decoder_hidden_states = steps["attentions"], steps["hidden_states"]
+        out.decoder_attentions, out.decoder_hidden_states = attentions, hidden_states
         if gen.output_attentions:
-            out.cross_attentions = tuple(record["cross_attentions"])
+            out.cross_attentions = tuple(o["cross_attentions"] for o in steps)
             out.encoder_attentions = encoder_outputs.attentions
         if gen.output_hidden_states:
             out.encoder_hidden_states = encoder_outputs.hidden_states

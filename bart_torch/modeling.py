@@ -10,25 +10,18 @@ Masks follow ``bart_core.inputs``: boolean, True = attend, turned into an additi
 Attention uses ``F.scaled_dot_product_attention`` unless attention weights are requested or a head mask is given
 (then the eager path, which returns the weights). Both paths see the same masks.
 
-KV cache (``KVCache``), explicit state passed in and returned:
+Speed lives outside the network: the kernel behind every ``nn.Linear`` is chosen by measurement in ``kernels.py``
+(swapped in when a model is built; ``kernels.use(model, "aten")`` turns it off), and generate's padding-free
+encoder is ``packed.encode_packed``, which runs these same layers with a ``PackedRows`` mask.
 
-* ``self_k[i]``, ``self_v[i]``: decoder layer ``i`` self-attention keys / values, ``(B, H, capacity, hd)``;
-  positions ``[0, index)`` are filled, the rest is scratch space. A step with ``T`` new tokens writes
-  ``[index, index + T)`` in place (when gradients do not flow through the cache; otherwise it concatenates)
-  and returns a ``KVCache`` with ``index + T`` over the same buffers. A buffer too small is grown.
-* ``cross_k[i]``, ``cross_v[i]``: cross-attention keys / values ``(B, H, S, hd)`` computed once from the
-  encoder output (``None`` until the first step, and for a decoder run without encoder states).
-* ``index``: number of filled self-attention positions (the past length).
-
-``KVCache.to_legacy()`` gives the reference tuple layout (``(k, v, cross_k, cross_v)`` per layer, ``k`` of
-shape ``(B, H, index, hd)``); such a tuple is accepted wherever a ``KVCache`` is.
+KV cache: ``KVCache`` and ``reorder_cache`` live in ``cache.py`` (re-exported here).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -56,10 +49,13 @@ from bart_core.outputs import (
     Seq2SeqSequenceClassifierOutput,
     output_flags,
 )
+from bart_torch import kernels
+from bart_torch.cache import KVCache, as_cache, reorder_cache  # noqa: F401  (re-exported)
+from bart_torch.packed import PackedRows
 
 # ============================================================================ 1. activations and mask helpers
 
-ACTIVATIONS = {
+ACT2FN = {
     "gelu": nn.GELU(),
     "gelu_new": nn.GELU(approximate="tanh"),
     "relu": nn.ReLU(),
@@ -96,96 +92,6 @@ def _is_tracing() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
 
 
-def _onednn_ok() -> bool:
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-_ONEDNN = _onednn_ok()
-# MKL's sgemm runs its AVX-512 code only on Intel processors. There (measured on a Xeon with AVX-512) it beats
-# oneDNN at one row and in training, while oneDNN still wins at many rows in inference; elsewhere oneDNN wins
-# everywhere (bench/RESULTS.md).
-_MKL_PREFERRED_FOR_SMALL_AND_TRAINING = _cpu_vendor() == "GenuineIntel"
-# config.activation_function -> oneDNN post-op (name, algorithm) fused into the product's epilogue
-_ONEDNN_ACTIVATIONS = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "relu": ("relu", ""),
-                       "silu": ("swish", ""), "swish": ("swish", ""), "tanh": ("tanh", "")}
-
-
-def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                    post_op: str = "none", algorithm: str = "") -> torch.Tensor:
-    """``post_op(x @ weight.T + bias)`` on oneDNN; x (..., in), weight (out, in) (strided views are fine)."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], algorithm)
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    """``x @ weight.T + bias`` for training: the forward and both backward products on oneDNN."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):  # x (..., in), weight (out, in), bias (out,) or None -> (..., out)
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _onednn_product(x, weight, bias)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):  # grad (..., out)
-        x, weight = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])  # (N, out)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _onednn_product(g, weight.t(), None).view(x.shape)  # (N, out) @ (out, in) -> (..., in)
-        if ctx.needs_input_grad[1]:
-            grad_w = _onednn_product(g.t(), x.reshape(-1, x.shape[-1]).t(), None)  # (out, N) @ (N, in)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g.sum(0)  # (out,)
-        return grad_x, grad_w, grad_b
-
-
-def linear(module: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None,
-           activation: Optional[str] = None) -> torch.Tensor:
-    """``ACTIVATIONS[activation](module(x))`` for an ``nn.Linear`` (``bias`` overrides the module's own;
-    ``activation`` None: no activation).
-
-    float32 CPU products go through oneDNN's matmul: the MKL sgemm behind ``F.linear`` runs its AVX2 code on AMD
-    processors, where oneDNN uses AVX-512 and is about 2x faster at every size (bench/bench_torch.py). On Intel
-    processors MKL uses AVX-512 too and is kept for one-row products and training, where it measured faster. In
-    inference the bias and the activation are fused into the product (one pass less over the (rows, ffn_dim)
-    activations); with autograd, ``_OneDNNLinear`` runs the forward and both backward
-    products on oneDNN. Results agree with ``F.linear`` to float32 rounding. Autocast, tracing, quantized and
-    other modules take the plain calls."""
-    if type(module) is not nn.Linear:
-        out = module(x)
-        out = out if bias is None else out + bias
-        return out if activation is None else ACTIVATIONS[activation](out)
-    weight = module.weight
-    b = module.bias if bias is None else bias
-    training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                            or (b is not None and b.requires_grad))
-    if not (_ONEDNN and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.device.type == "cpu"
-            and not torch.is_autocast_enabled("cpu") and not _is_tracing()) \
-            or (_MKL_PREFERRED_FOR_SMALL_AND_TRAINING and (training or x.numel() == x.shape[-1])):
-        out = F.linear(x, weight, b)
-    elif training:
-        out = _OneDNNLinear.apply(x, weight, b)
-    else:
-        post_op, algorithm = _ONEDNN_ACTIVATIONS[activation] if activation is not None else ("none", "")
-        return _onednn_product(x, weight, b, post_op, algorithm)
-    return out if activation is None else ACTIVATIONS[activation](out)
-
-
 def _check_ids(ids: Optional[torch.Tensor], config: BartConfig, name: str, past_length: int = 0) -> None:
     if ids is not None and not _is_tracing():
         check_token_ids(ids.detach().cpu().numpy(), config, name, past_length)
@@ -208,7 +114,7 @@ def check_inputs(config: BartConfig, causal: bool = False, past_key_values=None,
     encoder = args.pop("encoder_outputs", None)
     if encoder is not None:
         args["encoder_outputs"] = encoder[0] if isinstance(encoder, (tuple, list, BaseModelOutput)) else encoder
-    past = 0 if past_key_values is None else _as_cache(past_key_values).index
+    past = 0 if past_key_values is None else as_cache(past_key_values).index
     check_model_inputs(config, {k: _tensor_info(v, k in VALUE_CHECKED) for k, v in args.items() if v is not None},
                        causal, past_key_values is not None, past)
 
@@ -220,7 +126,7 @@ def _all_true(mask: Optional[torch.Tensor]) -> bool:
 # ============================================================================ 2. embeddings
 
 
-class BartScaledEmbedding(nn.Embedding):
+class BartScaledWordEmbedding(nn.Embedding):
     """Token embedding multiplied by ``sqrt(d_model)`` when ``config.scale_embedding``."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: Optional[int], scale: float):
@@ -245,77 +151,6 @@ class BartLearnedPositionalEmbedding(nn.Embedding):
 # ============================================================================ 3. attention
 
 
-class KVCache:
-    """Decoder key/value cache; layout documented in the module docstring."""
-
-    __slots__ = ("self_k", "self_v", "cross_k", "cross_v", "index")
-
-    def __init__(self, self_k: list, self_v: list, cross_k: list, cross_v: list, index: int):
-        self.self_k, self.self_v, self.cross_k, self.cross_v, self.index = self_k, self_v, cross_k, cross_v, index
-
-    @classmethod
-    def allocate(cls, config: BartConfig, batch: int, capacity: int, device=None,
-                 dtype: torch.dtype = torch.float32) -> "KVCache":
-        """Empty cache with room for ``capacity`` positions per layer."""
-        h = config.decoder_attention_heads
-        shape = (batch, h, capacity, config.d_model // h)  # (B, H, capacity, hd)
-        n = config.decoder_layers
-        return cls([torch.empty(shape, device=device, dtype=dtype) for _ in range(n)],
-                   [torch.empty(shape, device=device, dtype=dtype) for _ in range(n)], [None] * n, [None] * n, 0)
-
-    @classmethod
-    def from_legacy(cls, past: Sequence) -> "KVCache":
-        """From the reference tuple layout: per layer ``(k, v)`` or ``(k, v, cross_k, cross_v)``."""
-        layers = [tuple(layer) for layer in past]
-        index = layers[0][0].shape[2] if layers else 0
-        cross = [(layer[2], layer[3]) if len(layer) > 2 else (None, None) for layer in layers]
-        return cls([layer[0] for layer in layers], [layer[1] for layer in layers], [c[0] for c in cross],
-                   [c[1] for c in cross], index)
-
-    def to_legacy(self) -> tuple:
-        n = self.index
-        return tuple((k[:, :, :n], v[:, :, :n], ck, cv) if ck is not None else (k[:, :, :n], v[:, :, :n])
-                     for k, v, ck, cv in zip(self.self_k, self.self_v, self.cross_k, self.cross_v))
-
-    def get_seq_length(self) -> int:
-        return self.index
-
-    def reorder(self, rows: torch.Tensor, cross: bool = True) -> "KVCache":
-        """Select batch rows (beam search): ``rows`` is ``(B',)`` indices into the batch. ``cross=False`` keeps
-        the cross-attention keys/values as they are (exact when rows are only permuted among identical ones)."""
-        n = self.index
-        for buf in self.self_k + self.self_v:
-            buf[:, :, :n] = buf[:, :, :n].index_select(0, rows)
-        if not cross:
-            return KVCache(self.self_k, self.self_v, self.cross_k, self.cross_v, n)
-        cross_k = [None if c is None else c.index_select(0, rows) for c in self.cross_k]
-        cross_v = [None if c is None else c.index_select(0, rows) for c in self.cross_v]
-        return KVCache(self.self_k, self.self_v, cross_k, cross_v, n)
-
-    def cross_rows_repeat(self, group: int) -> bool:
-        """True when the cross keys/values of each run of ``group`` rows are bitwise identical (beams of one
-        input): then permuting rows within a group cannot change them."""
-        for c in self.cross_k + self.cross_v:
-            if c is None:
-                continue
-            g = c.view(c.shape[0] // group, group, *c.shape[1:])
-            if not torch.equal(g, g[:, :1].expand_as(g)):
-                return False
-        return True
-
-    def __repr__(self) -> str:
-        cap = self.self_k[0].shape[2] if self.self_k else 0
-        return f"KVCache(layers={len(self.self_k)}, index={self.index}, capacity={cap})"
-
-
-def _as_cache(past) -> Optional[KVCache]:
-    if past is None or isinstance(past, KVCache):
-        return past
-    if hasattr(past, "to_legacy_cache"):  # a reference cache object
-        past = past.to_legacy_cache()
-    return KVCache.from_legacy(past)
-
-
 def _cache_write(buf: torch.Tensor, new: torch.Tensor, index: int) -> torch.Tensor:
     """Put ``new`` ``(B, H, T, hd)`` at ``[index, index + T)`` of ``buf``; return the buffer holding the result."""
     end = index + new.shape[2]
@@ -329,17 +164,12 @@ def _cache_write(buf: torch.Tensor, new: torch.Tensor, index: int) -> torch.Tens
     return buf
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor], is_causal: bool,
-           scaling: float, dropout_p: float, head_mask: Optional[torch.Tensor], eager: bool,
-           segments: Optional[list] = None):
-    """q: (B, H, T, hd), k/v: (B, H, S, hd), bias: (B|1, 1, T|1, S) additive -> ((B, H, T, hd), probs or None).
-
-    ``segments`` (packed self-attention, see ``BartEncoder``): ``B == 1`` and the ``T == S`` tokens are runs of
-    these lengths, each attending only within itself (the same numbers as a padded batch with a padding mask)."""
-    if segments is not None:
-        parts = [F.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p, scale=scaling)  # (1, H, n, hd)
-                 for qs, ks, vs in zip(q.split(segments, 2), k.split(segments, 2), v.split(segments, 2))]
-        return torch.cat(parts, dim=2), None
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias, is_causal: bool, scaling: float,
+           dropout_p: float, head_mask: Optional[torch.Tensor], eager: bool):
+    """q: (B, H, T, hd), k/v: (B, H, S, hd), bias: (B|1, 1, T|1, S) additive, None, or ``PackedRows`` (the rows of
+    ``encode_packed``'s one sequence) -> ((B, H, T, hd), probs or None)."""
+    if isinstance(bias, PackedRows):
+        return bias.attend(q, k, v, scaling, dropout_p), None
     if not eager and head_mask is None:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=is_causal,
                                              scale=scaling)
@@ -379,29 +209,28 @@ class BartAttention(nn.Module):
 
     def forward(self, hidden: torch.Tensor, kv_states: Optional[torch.Tensor] = None,
                 bias: Optional[torch.Tensor] = None, is_causal: bool = False, cache_slot=None, past_length: int = 0,
-                cross_kv=None, head_mask: Optional[torch.Tensor] = None, eager: bool = False,
-                segments: Optional[list] = None):
+                cross_kv=None, head_mask: Optional[torch.Tensor] = None, eager: bool = False):
         """hidden: (B, T, D). Returns (out (B, T, D), probs (B, H, T, S) or None, new cache slot or cross kv)."""
         b, t, d = hidden.shape
-        q = self._heads(linear(self.q_proj, hidden))  # (B, H, T, hd)
+        q = self._heads(self.q_proj(hidden))  # (B, H, T, hd)
         state = None
         if kv_states is not None or cross_kv is not None:  # cross-attention: K/V from the encoder, once
             if cross_kv is not None and cross_kv[0] is not None:
                 k, v = cross_kv
             else:
-                k, v = self._heads(linear(self.k_proj, kv_states)), self._heads(linear(self.v_proj, kv_states))  # (B, H, S, hd)
+                k, v = self._heads(self.k_proj(kv_states)), self._heads(self.v_proj(kv_states))  # (B, H, S, hd)
             state = (k, v)
         else:
-            k, v = self._heads(linear(self.k_proj, hidden)), self._heads(linear(self.v_proj, hidden))  # (B, H, T, hd)
+            k, v = self._heads(self.k_proj(hidden)), self._heads(self.v_proj(hidden))  # (B, H, T, hd)
             if cache_slot is not None:
                 k_buf = _cache_write(cache_slot[0], k, past_length)
                 v_buf = _cache_write(cache_slot[1], v, past_length)
                 state = (k_buf, v_buf)
                 k, v = k_buf[:, :, :past_length + t], v_buf[:, :, :past_length + t]  # (B, H, P+T, hd)
         dropout_p = self.dropout if self.training else 0.0
-        out, probs = attend(q, k, v, bias, is_causal, self.scaling, dropout_p, head_mask, eager, segments)
+        out, probs = attend(q, k, v, bias, is_causal, self.scaling, dropout_p, head_mask, eager)
         out = out.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
-        return linear(self.out_proj, out), probs, state
+        return self.out_proj(out), probs, state
 
 
 # ============================================================================ 4. encoder layer
@@ -418,17 +247,16 @@ class BartEncoderLayer(nn.Module):
         self.fc1 = nn.Linear(d, config.encoder_ffn_dim)
         self.fc2 = nn.Linear(config.encoder_ffn_dim, d)
         self.final_layer_norm = nn.LayerNorm(d)
-        self.activation = config.activation_function
+        self.activation_fn = ACT2FN[config.activation_function]
         self.dropout, self.activation_dropout = config.dropout, config.activation_dropout
 
-    def forward(self, hidden: torch.Tensor, bias: Optional[torch.Tensor], head_mask: Optional[torch.Tensor] = None,
-                eager: bool = False, segments: Optional[list] = None):
-        """hidden: (B, S, D), bias: (B, 1, S, S) or None -> ((B, S, D), probs (B, H, S, S) or None).
-        Packed: hidden (1, N, D) and ``segments`` the row lengths summing to N (no bias)."""
-        h, probs, _ = self.self_attn(hidden, bias=bias, head_mask=head_mask, eager=eager, segments=segments)
+    def forward(self, hidden: torch.Tensor, bias, head_mask: Optional[torch.Tensor] = None, eager: bool = False):
+        """hidden: (B, S, D), bias: (B, 1, S, S), None or ``PackedRows`` -> ((B, S, D), probs (B, H, S, S) or
+        None)."""
+        h, probs, _ = self.self_attn(hidden, bias=bias, head_mask=head_mask, eager=eager)
         hidden = self.self_attn_layer_norm(hidden + F.dropout(h, self.dropout, self.training))
-        h = F.dropout(linear(self.fc1, hidden, activation=self.activation), self.activation_dropout, self.training)
-        hidden = self.final_layer_norm(hidden + F.dropout(linear(self.fc2, h), self.dropout, self.training))
+        h = F.dropout(self.activation_fn(self.fc1(hidden)), self.activation_dropout, self.training)
+        hidden = self.final_layer_norm(hidden + F.dropout(self.fc2(h), self.dropout, self.training))
         if hidden.dtype == torch.float16 and not torch.isfinite(hidden).all():
             limit = torch.finfo(hidden.dtype).max - 1000
             hidden = hidden.clamp(-limit, limit)
@@ -451,7 +279,7 @@ class BartDecoderLayer(nn.Module):
         self.fc1 = nn.Linear(d, config.decoder_ffn_dim)
         self.fc2 = nn.Linear(config.decoder_ffn_dim, d)
         self.final_layer_norm = nn.LayerNorm(d)
-        self.activation = config.activation_function
+        self.activation_fn = ACT2FN[config.activation_function]
         self.dropout, self.activation_dropout = config.dropout, config.activation_dropout
 
     def forward(self, hidden: torch.Tensor, self_bias: Optional[torch.Tensor], is_causal: bool,
@@ -466,8 +294,8 @@ class BartDecoderLayer(nn.Module):
             h, cross_probs, cross_kv = self.encoder_attn(hidden, kv_states=encoder_hidden, bias=cross_bias,
                                                          cross_kv=cross_kv, head_mask=cross_head_mask, eager=eager)
             hidden = self.encoder_attn_layer_norm(hidden + F.dropout(h, self.dropout, self.training))
-        h = F.dropout(linear(self.fc1, hidden, activation=self.activation), self.activation_dropout, self.training)
-        hidden = self.final_layer_norm(hidden + F.dropout(linear(self.fc2, h), self.dropout, self.training))
+        h = F.dropout(self.activation_fn(self.fc1(hidden)), self.activation_dropout, self.training)
+        hidden = self.final_layer_norm(hidden + F.dropout(self.fc2(h), self.dropout, self.training))
         return hidden, self_probs, cross_probs, slot, cross_kv
 
 
@@ -488,9 +316,9 @@ class _GradientCheckpointing(nn.Module):
         return layer(*args)
 
 
-def _token_embedding(config: BartConfig) -> "BartScaledEmbedding":
+def _token_embedding(config: BartConfig) -> "BartScaledWordEmbedding":
     scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-    return BartScaledEmbedding(config.vocab_size, config.d_model, config.pad_token_id, scale)
+    return BartScaledWordEmbedding(config.vocab_size, config.d_model, config.pad_token_id, scale)
 
 
 class BartEncoder(_GradientCheckpointing):
@@ -504,15 +332,8 @@ class BartEncoder(_GradientCheckpointing):
         self.layers = nn.ModuleList(BartEncoderLayer(config) for _ in range(config.encoder_layers))
         self.layernorm_embedding = nn.LayerNorm(config.d_model)
 
-    def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None,
-                output_attentions: bool = False, output_hidden_states: bool = False, skip_padding: bool = False,
-                **_) -> BaseModelOutput:
-        """``skip_padding=True`` is for callers that never read padded positions (``generate``: the decoder's
-        cross-attention masks them): the non-padded tokens of all rows are packed into one ``(1, N, D)`` sequence
-        for every token-wise product (projections, feed-forward, layer norms), attention runs row by row on each
-        row's own tokens, and the padded positions of the output are zeros. Non-padded positions get the same
-        numbers as the padded computation (to float32 rounding) for less work; it applies in inference only, without
-        attention maps, hidden states or head masks, and only when every row has at least one token."""
+    def embed(self, input_ids=None, inputs_embeds=None) -> torch.Tensor:
+        """Token and position embeddings, layer norm, dropout: ids (B, S) or embeddings (B, S, D) -> (B, S, D)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds to the encoder")
         if inputs_embeds is None:
@@ -521,24 +342,19 @@ class BartEncoder(_GradientCheckpointing):
         elif inputs_embeds.shape[1] > self.config.max_position_embeddings:
             raise ValueError(f"inputs_embeds has length {inputs_embeds.shape[1]}, more than "
                              f"max_position_embeddings={self.config.max_position_embeddings}")
-        b, s, _ = inputs_embeds.shape
+        hidden = self.layernorm_embedding(inputs_embeds + self.embed_positions(0, inputs_embeds.shape[1]))
+        return F.dropout(hidden, self.config.dropout, self.training)
+
+    def forward(self, input_ids=None, attention_mask=None, head_mask=None, inputs_embeds=None,
+                output_attentions: bool = False, output_hidden_states: bool = False, **_) -> BaseModelOutput:
+        hidden = self.embed(input_ids, inputs_embeds)  # (B, S, D)
+        b, s, _ = hidden.shape
         _check_head_mask(head_mask, len(self.layers), "head_mask")
         eager = bool(output_attentions) or head_mask is not None
-        hidden = self.layernorm_embedding(inputs_embeds + self.embed_positions(0, s))
-        hidden = F.dropout(hidden, self.config.dropout, self.training)
         # masks built once: (B, 1, S, S) additive bias, or None when nothing is padded
         bias = None  # sdpa gets no mask when nothing is padded; the eager path always gets one
         if attention_mask is not None and (eager or not _all_true(attention_mask)):
             bias = attention_bias(make_padding_mask(attention_mask), hidden.dtype).expand(b, 1, s, s)
-        keep = segments = None  # packed layout: keep (B, S) bool, segments = tokens per row
-        if (skip_padding and bias is not None and not eager and not output_hidden_states and not self.training
-                and not _is_tracing()):
-            keep = attention_mask.bool()
-            segments = keep.sum(1).tolist()
-            if min(segments) > 0:
-                padded, hidden, bias = hidden, hidden[keep][None], None  # (B, S, D) -> (1, N, D)
-            else:
-                keep = segments = None
         states, attentions = [], []
         for i, layer in enumerate(self.layers):
             if output_hidden_states:
@@ -546,11 +362,8 @@ class BartEncoder(_GradientCheckpointing):
             if self.training and self.config.encoder_layerdrop > 0 and torch.rand([]) < self.config.encoder_layerdrop:
                 attentions.append(None)
                 continue
-            hidden, probs = self._run_layer(layer, hidden, bias, None if head_mask is None else head_mask[i], eager,
-                                            segments)
+            hidden, probs = self._run_layer(layer, hidden, bias, None if head_mask is None else head_mask[i], eager)
             attentions.append(probs)
-        if keep is not None:  # (1, N, D) -> (B, S, D), zeros where padded
-            hidden = padded.new_zeros(padded.shape).masked_scatter_(keep[..., None], hidden)
         if output_hidden_states:
             states.append(hidden)
         return BaseModelOutput(last_hidden_state=hidden, hidden_states=tuple(states) if output_hidden_states else None,
@@ -577,7 +390,7 @@ class BartDecoder(_GradientCheckpointing):
                 check_inputs: bool = True, **_) -> BaseModelOutputWithPastAndCrossAttentions:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of decoder_input_ids and decoder_inputs_embeds to the decoder")
-        cache = _as_cache(past_key_values)
+        cache = as_cache(past_key_values)
         past = cache.index if cache is not None else 0
         if inputs_embeds is None:
             if check_inputs:
@@ -680,6 +493,7 @@ class BartPreTrainedModel(nn.Module):
             for m in self.modules():
                 _init_weights(m, self.config.init_std)
         self.tie_weights()
+        kernels.use(self, "auto")  # linear products on the faster of oneDNN and F.linear, measured (kernels.py)
 
     def tie_weights(self) -> None:
         """Point ``lm_head.weight`` at the input embedding when ``config.tie_word_embeddings``."""
@@ -748,7 +562,7 @@ class BartPreTrainedModel(nn.Module):
         if new_num_tokens == old.num_embeddings:
             return old
         n_keep = min(new_num_tokens, old.num_embeddings)
-        new = BartScaledEmbedding(new_num_tokens, old.embedding_dim, old.padding_idx, old.embed_scale)
+        new = BartScaledWordEmbedding(new_num_tokens, old.embedding_dim, old.padding_idx, old.embed_scale)
         new.to(device=old.weight.device, dtype=old.weight.dtype)
         with torch.no_grad():
             new.weight[:n_keep] = old.weight[:n_keep]
@@ -812,6 +626,10 @@ class BartPreTrainedModel(nn.Module):
         from bart_torch.io import load_numpy_state_dict
         load_numpy_state_dict(self, state)
 
+    def _check_generate_inputs(self, **args) -> None:
+        """``generate``'s input check (``check_inputs`` for this head), so that decoding imports nothing from here."""
+        check_inputs(self.config, self.head == "causal_lm", **args)
+
     def quantize_dynamic_int8(self):
         """A copy with int8 dynamically quantized ``nn.Linear`` layers (CPU inference)."""
         from bart_torch.quantize import quantize_dynamic_int8
@@ -827,7 +645,7 @@ class BartModel(BartPreTrainedModel):
     def __init__(self, config: BartConfig, init_weights: bool = True):
         super().__init__(config)
         scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self.shared = BartScaledEmbedding(config.vocab_size, config.d_model, config.pad_token_id, scale)
+        self.shared = BartScaledWordEmbedding(config.vocab_size, config.d_model, config.pad_token_id, scale)
         self.encoder = BartEncoder(config, self.shared)
         self.decoder = BartDecoder(config, self.shared)
         if init_weights:  # a head initialises the whole network once itself
@@ -909,7 +727,7 @@ class BartForConditionalGeneration(BartPreTrainedModel):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., V): tied projection plus ``final_logits_bias``."""
-        return linear(self.lm_head, hidden, self.final_logits_bias[0].to(hidden.dtype))
+        return self.lm_head(hidden) + self.final_logits_bias[0].to(hidden.dtype)
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                 head_mask=None, decoder_head_mask=None, cross_attn_head_mask=None, encoder_outputs=None,
@@ -947,8 +765,8 @@ class BartClassificationHead(nn.Module):
         self.out_proj = nn.Linear(config.d_model, config.num_labels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, num_labels)
-        x = torch.tanh(linear(self.dense, self.dropout(x)))
-        return linear(self.out_proj, self.dropout(x))
+        x = torch.tanh(self.dense(self.dropout(x)))
+        return self.out_proj(self.dropout(x))
 
 
 class BartForSequenceClassification(BartPreTrainedModel):
@@ -1027,7 +845,7 @@ class BartForQuestionAnswering(BartPreTrainedModel):
         out = self.model(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, head_mask,
                          decoder_head_mask, cross_attn_head_mask, encoder_outputs, past_key_values, inputs_embeds,
                          decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states, return_dict=True)
-        logits = linear(self.qa_outputs, out.last_hidden_state)  # (B, S, 2)
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, S, 2)
         start_logits, end_logits = logits[..., 0].contiguous(), logits[..., 1].contiguous()  # (B, S) each
         loss = None
         if start_positions is not None and end_positions is not None:
@@ -1041,7 +859,7 @@ class BartForQuestionAnswering(BartPreTrainedModel):
                        output_flags(self.config, return_dict=return_dict)[2])
 
 
-class _DecoderHolder(nn.Module):
+class BartDecoderWrapper(nn.Module):
     """Gives the causal LM's decoder the reference names ``model.decoder.*``."""
 
     def __init__(self, config: BartConfig):
@@ -1059,7 +877,7 @@ class BartForCausalLM(BartPreTrainedModel):
         config = copy.deepcopy(config)
         config.is_decoder, config.is_encoder_decoder = True, False
         super().__init__(config)
-        self.model = _DecoderHolder(config)
+        self.model = BartDecoderWrapper(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
 
@@ -1076,7 +894,7 @@ class BartForCausalLM(BartPreTrainedModel):
         self.model.decoder.embed_tokens = emb
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return linear(self.lm_head, hidden)
+        return self.lm_head(hidden)
 
     def forward(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 head_mask=None, cross_attn_head_mask=None, past_key_values=None, inputs_embeds=None, labels=None,
@@ -1094,7 +912,7 @@ class BartForCausalLM(BartPreTrainedModel):
                                  cross_attn_head_mask=cross_attn_head_mask, past_key_values=past_key_values,
                                  inputs_embeds=inputs_embeds, use_cache=use_cache,
                                  output_attentions=output_attentions, output_hidden_states=output_hidden_states)
-        logits = linear(self.lm_head, out.last_hidden_state)  # (B, T, V)
+        logits = self.lm_head(out.last_hidden_state)  # (B, T, V)
         loss = None
         if labels is not None:  # as the reference: labels are aligned with the logits (no shift), -100 ignored
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
@@ -1112,5 +930,5 @@ MODEL_CLASSES = {cls.head: cls for cls in (BartModel, BartForConditionalGenerati
                                            BartForQuestionAnswering, BartForCausalLM)}
 
 __all__ = ["BartModel", "BartForConditionalGeneration", "BartForSequenceClassification", "BartForQuestionAnswering",
-           "BartForCausalLM", "BartAttention", "KVCache", "make_padding_mask", "make_causal_mask", "attention_bias",
+           "BartForCausalLM", "BartAttention", "KVCache", "reorder_cache", "make_padding_mask", "make_causal_mask", "attention_bias",
            "shift_tokens_right", "MODEL_CLASSES"]

@@ -13,11 +13,13 @@ import copy
 import torch
 from torch import nn
 
+from bart_torch import kernels
+
 
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     """Copy of ``model`` with int8 dynamically quantized linear layers (CPU only)."""
     if model.device.type != "cpu":
         raise ValueError("int8 dynamic quantization runs on CPU; move the model with .cpu() first")
-    clone = copy.deepcopy(model).float().eval()
+    clone = kernels.use(copy.deepcopy(model).float().eval(), "aten")  # quantize_dynamic swaps plain nn.Linear
     from torch.ao.quantization import quantize_dynamic
     return quantize_dynamic(clone, {nn.Linear}, dtype=torch.qint8)

@@ -3,6 +3,11 @@ tf-keras), same random weights, one run.
 
     python bench/bench_tf.py            # bart-base geometry
     python bench/bench_tf.py --quick    # tiny smoke run
+    python bench/bench_tf.py --only bf16  # the bfloat16 rows alone (with the reference's float32 rows they need)
+
+bfloat16 rows: bart_tf loaded with ``dtype="bfloat16"`` (Keras' mixed_bfloat16 policy: float32 variables,
+products in bfloat16 with float32 accumulation, see docs/design.md "bfloat16") against the reference in float32;
+plus the top-1 agreement of its teacher-forced logits and of its generated tokens with bart_tf in float32.
 
 The reference needs tf-keras (TF_USE_LEGACY_KERAS=1) and bart_tf needs Keras 3, so the reference half runs first
 in a subprocess of this script (``--side reference``) and hands back JSON; then this process measures bart_tf.
@@ -36,6 +41,14 @@ METRICS = [  # key, label, unit, target speed-up (reference / ours)
     ("beam4_xla", "beam 4, XLA", "ms/step", 1.5),
     ("greedy_b1_eager", "greedy batch 1, eager (no XLA)", "ms/token", 3.0),
     ("fit_step_xla", "fit step, jit_compile", "s", 1.0),
+    ("greedy_b16_bf16", "bf16 greedy batch 16, XLA (reference float32)", "ms/step", 2.0),
+    ("beam4_bf16", "bf16 beam 4, XLA (reference float32)", "ms/step", 1.5),
+]
+BF16_REFERENCE = {"greedy_b16_bf16": "greedy_b16_xla", "beam4_bf16": "beam4_xla"}  # the float32 row compared
+AGREEMENT = [  # key, label, target (%)
+    ("top1_bf16", "bf16 teacher-forced top-1 agreement with float32 (batch 8, generation lengths)", 99.0),
+    ("tokens_b16_bf16", "bf16 greedy batch 16: generated tokens equal to float32", None),
+    ("tokens_beam4_bf16", "bf16 beam 4: generated tokens equal to float32", None),
 ]
 
 
@@ -49,7 +62,7 @@ def _timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(side: str, path: str, shapes: dict) -> dict:
+def measure(side: str, path: str, shapes: dict, only: str = "all") -> dict:
     import numpy as np
     import tensorflow as tf
 
@@ -72,7 +85,9 @@ def measure(side: str, path: str, shapes: dict) -> dict:
         import bart_tf
         model = bart_tf.BartForConditionalGeneration.from_pretrained(path)
 
-        def generate(ids, mask, jit, **options):
+        half = bart_tf.BartForConditionalGeneration.from_pretrained(path, dtype="bfloat16")
+
+        def generate(ids, mask, jit, model=model, **options):
             return lambda: np.asarray(model.generate(ids, mask, jit_compile=True if jit else None, **options))
 
     vocab = model.config.vocab_size
@@ -86,22 +101,38 @@ def measure(side: str, path: str, shapes: dict) -> dict:
     gpus = tf.config.list_physical_devices("GPU")
     out = {"device": tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus
            else "CPU"}
+    full = only == "all"
     b, s, t = shapes["forward"]
     src, tgt = ids(b, s)[0], ids(b, t)[0]
-    forward = tf.function(lambda a, d: model(input_ids=a, decoder_input_ids=d, training=False).logits,
-                          jit_compile=True)
-    out["forward_xla"] = _timed(lambda: forward(src, tgt).numpy(), shapes["repeats"])
+    if full:
+        forward = tf.function(lambda a, d: model(input_ids=a, decoder_input_ids=d, training=False).logits,
+                              jit_compile=True)
+        out["forward_xla"] = _timed(lambda: forward(src, tgt).numpy(), shapes["repeats"])
 
     n = shapes["new_tokens"]
     fixed = dict(max_new_tokens=n, min_length=n + 1, no_repeat_ngram_size=0)  # every run decodes n steps
+    eager = dict(fixed, max_new_tokens=shapes["eager_tokens"], min_length=shapes["eager_tokens"] + 1)
     for key, batch, options, jit, steps in [
             ("greedy_b1_xla", 1, dict(fixed), True, n),
             ("greedy_b16_xla", 16, dict(fixed), True, n),
             ("beam4_xla", 1, dict(fixed, num_beams=4), True, n),
-            ("greedy_b1_eager", 1, dict(fixed, max_new_tokens=shapes["eager_tokens"],
-                                        min_length=shapes["eager_tokens"] + 1), False, shapes["eager_tokens"])]:
+            ("greedy_b1_eager", 1, eager, False, shapes["eager_tokens"])]:
         a, m = ids(batch, shapes["src"])
-        out[key] = _timed(generate(a, m, jit, **options), shapes["repeats"]) / steps * 1000
+        if full or key in BF16_REFERENCE.values():
+            out[key] = _timed(generate(a, m, jit, **options), shapes["repeats"]) / steps * 1000
+        if side == "ours" and key in BF16_REFERENCE.values():  # the same inputs in bfloat16
+            bf16 = next(k for k, v in BF16_REFERENCE.items() if v == key)
+            out[bf16] = _timed(generate(a, m, jit, half, **options), shapes["repeats"]) / steps * 1000
+            same = generate(a, m, jit, half, **options)() == generate(a, m, jit, **options)()
+            out["tokens_" + bf16.replace("greedy_", "")] = 100 * float(same.mean())
+    if side == "ours":
+        a, m = ids(8, shapes["src"])
+        d = ids(8, n)[0]
+        logits = {name: tf.function(lambda: net(input_ids=a, attention_mask=m, decoder_input_ids=d).logits,
+                                    jit_compile=True)() for name, net in (("f32", model), ("bf16", half))}
+        out["top1_bf16"] = 100 * float(np.mean(np.argmax(logits["f32"], -1) == np.argmax(logits["bf16"], -1)))
+    if not full:
+        return out
 
     b, s, t = shapes["fit"]
     a, m = ids(b, s)
@@ -121,16 +152,22 @@ def write_checkpoint(config_kwargs: dict, path: str) -> None:
     keras.utils.set_random_seed(0)
     model = bart_tf.BartForConditionalGeneration(BartConfig(**config_kwargs, dropout=0.0))
     model.save_pretrained(path)
-    os.remove(os.path.join(path, "model.safetensors"))  # both sides read tf_model.h5
+    assert os.listdir(path).count("tf_model.h5") == 1 and "model.safetensors" not in os.listdir(path)  # both read
 
 
 def table(ours: dict, ref: dict, title: str) -> str:
     lines = [f"### {title}", "", "| metric | unit | bart_tf | reference TF | speed-up | target | met |",
              "|---|---|---|---|---|---|---|"]
     for key, label, unit, target in METRICS:
-        ratio = ref[key] / ours[key]
-        lines.append(f"| {label} | {unit} | {ours[key]:.4g} | {ref[key]:.4g} | {ratio:.2f}x | >= {target:.1f}x | "
+        if key not in ours:  # --only bf16
+            continue
+        theirs = ref[BF16_REFERENCE.get(key, key)]
+        ratio = theirs / ours[key]
+        lines.append(f"| {label} | {unit} | {ours[key]:.4g} | {theirs:.4g} | {ratio:.2f}x | >= {target:.1f}x | "
                      f"{'yes' if ratio >= target else 'no'} |")
+    for key, label, target in AGREEMENT:
+        met = "" if target is None else ("yes" if ours[key] >= target else "no")
+        lines.append(f"| {label} | % | {ours[key]:.2f} | | | {'' if target is None else f'>= {target}'} | {met} |")
     return "\n".join(lines)
 
 
@@ -139,6 +176,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model and shapes: a smoke run")
     parser.add_argument("--side", choices=["ours", "reference", "write"], help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=["all", "bf16"], default="all", help="bf16: the bfloat16 rows alone")
     parser.add_argument("--json", help="also write the raw numbers here")
     args = parser.parse_args()
     shapes = QUICK if args.quick else FULL
@@ -146,12 +184,12 @@ def main() -> None:
         write_checkpoint(TINY if args.quick else BASE, args.path)
         return
     if args.side:  # a measuring subprocess
-        print("RESULT " + json.dumps(measure(args.side, args.path, shapes)))
+        print("RESULT " + json.dumps(measure(args.side, args.path, shapes, args.only)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "ckpt")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
-        quick = ["--quick"] if args.quick else []
+        quick = (["--quick"] if args.quick else []) + ["--only", args.only]
         subprocess.run([sys.executable, os.path.abspath(__file__), "--side", "write", "--path", path] + quick,
                        check=True, env={**env, "TF_USE_LEGACY_KERAS": "0"})
         results = {}

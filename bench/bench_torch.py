@@ -3,16 +3,23 @@ weights (bart-base geometry), float32 on CPU, plus the opt-in int8 / bfloat16 pa
 
     python bench/bench_torch.py            # bart-base geometry, 2 threads (minutes)
     python bench/bench_torch.py --quick    # tiny geometry smoke run (seconds)
+    python bench/bench_torch.py --busy     # the same while one busy-loop process per core competes
 
 Prints a markdown table: ours, reference, ratio = reference / ours (> 1: we are faster) and the target ratio.
 Generation lengths are forced (``min_new_tokens == max_new_tokens``) so both sides decode the same number of steps.
+The bfloat16 rows time our model cast to bfloat16 (what ``from_pretrained(..., torch_dtype=torch.bfloat16)``
+gives) against the reference's float32 time of the same case in the same run. ``--busy N`` starts N CPU-bound
+processes (a Python busy loop each) before the first timed run and stops them after the last, so both sides are
+timed under the same load.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -26,12 +33,26 @@ import torch  # noqa: E402
 
 import bart_torch  # noqa: E402
 from bart_core.config import BartConfig  # noqa: E402
+from bart_torch import kernels  # noqa: E402
 
 BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
             decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1024)
 QUICK = dict(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
              decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=256)
-TARGETS = {"forward": 1.2, "greedy_b1": 1.1, "beam4": 1.5, "greedy_b16": 2.0, "train_step": 1.2}
+TARGETS = {"forward": 1.2, "greedy_b1": 1.1, "beam4": 1.5, "greedy_b16": 2.0, "train_step": 1.2,
+           "bf16_beam4": 1.5, "bf16_greedy_b16": 2.0}
+
+
+@contextlib.contextmanager
+def competing_load(processes: int):
+    """``processes`` CPU-bound Python busy loops running for the duration of the block."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 def timed(fn, repeats: int, warmup: int = 1) -> float:
@@ -76,73 +97,89 @@ def run(args) -> list[tuple]:
     q = args.quick
     reps = 2 if q else args.repeats
     src, tgt, new_b1, new_b16, b_fwd, b_big = (32, 16, 8, 6, 4, 4) if q else (128, 64, 64, 32, 8, 16)
+    if args.tokens:
+        new_b1 = new_b16 = args.tokens
     ours, ref = build(geo)
-    rows = []
-
-    # ---- encoder-decoder forward (teacher forced)
     ids, mask, labels = batch(geo, b_fwd, src, tgt)
     dec = bart_torch.modeling.shift_tokens_right(labels, 1, 2)
+    ids1, mask1, _ = batch(geo, 1, src, tgt, seed=1)
+    ids16, mask16, _ = batch(geo, b_big, src, tgt, seed=2)
+    g1 = dict(max_new_tokens=new_b1, min_new_tokens=new_b1)
+    gb = dict(num_beams=4, max_new_tokens=new_b1, min_new_tokens=new_b1)
+    g16 = dict(max_new_tokens=new_b16, min_new_tokens=new_b16)
     with torch.no_grad():
         diff = (ours(ids, mask, dec).logits - ref(ids, attention_mask=mask, decoder_input_ids=dec).logits).abs().max()
     print(f"max |logit difference| ours vs reference: {float(diff):.2e}")
+    for name, g in (("greedy batch 1", g1), ("beam 4", gb)):
+        same = ours.generate(ids1, mask1, **g).tolist() == ref.generate(ids1, attention_mask=mask1, **g).tolist()
+        print(f"{name} token-identical to reference: {same}")
+    rows = []
+    with competing_load(args.busy):
+        # ---- encoder-decoder forward (teacher forced)
+        def fwd(m):
+            with torch.no_grad():
+                m(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False)
 
-    def fwd(m):
+        rows.append(("forward", f"encoder-decoder forward, batch {b_fwd}, {src} src / {tgt} tgt (ms)",
+                     timed(lambda: fwd(ours), reps) * 1e3, timed(lambda: fwd(ref), reps) * 1e3))
+        rows.append(("greedy_b1", f"greedy batch 1, {new_b1} new tokens (ms/token)",
+                     timed(lambda: ours.generate(ids1, mask1, **g1), reps) * 1e3 / new_b1,
+                     timed(lambda: ref.generate(ids1, attention_mask=mask1, **g1), reps) * 1e3 / new_b1))
+        rows.append(("beam4", f"beam 4, batch 1, {new_b1} new tokens (ms/step)",
+                     timed(lambda: ours.generate(ids1, mask1, **gb), reps) * 1e3 / new_b1,
+                     timed(lambda: ref.generate(ids1, attention_mask=mask1, **gb), reps) * 1e3 / new_b1))
+        rows.append(("greedy_b16", f"greedy batch {b_big}, {src} src, {new_b16} new tokens (ms/step)",
+                     timed(lambda: ours.generate(ids16, mask16, **g16), reps) * 1e3 / new_b16,
+                     timed(lambda: ref.generate(ids16, attention_mask=mask16, **g16), reps) * 1e3 / new_b16))
+        ref_time = {key: r for key, _, _, r in rows}
+
+        # ---- one AdamW training step
+        def train_step(m, opt):
+            m.train()
+            loss = m(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            m.eval()
+
+        if not args.skip_train:
+            opt_o = torch.optim.AdamW(ours.parameters(), lr=1e-5)
+            opt_r = torch.optim.AdamW(ref.parameters(), lr=1e-5)
+            rows.append(("train_step", f"AdamW step, batch {b_fwd}, {src} src / {tgt} tgt (ms)",
+                         timed(lambda: train_step(ours, opt_o), reps) * 1e3,
+                         timed(lambda: train_step(ref, opt_r), reps) * 1e3))
+
+        # ---- bfloat16 (ours) against the reference's float32 of the same case; agreement with our float32
+        bf16 = _bf16_copy(ours)
         with torch.no_grad():
-            m(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False)
+            top1 = ours(ids, mask, dec).logits.argmax(-1)
+            agree = float((bf16(ids, mask, dec).logits.argmax(-1) == top1).float().mean())
+        same16 = _token_agreement(ours.generate(ids16, mask16, **g16), bf16.generate(ids16, mask16, **g16))
+        sameb = _token_agreement(ours.generate(ids1, mask1, **gb), bf16.generate(ids1, mask1, **gb))
+        print(f"bfloat16: teacher-forced top-1 agreement with our float32 {agree:.2%} (batch {b_fwd} x {tgt}); "
+              f"generated tokens equal to float32: greedy batch {b_big} {same16:.1%}, beam 4 {sameb:.1%}")
+        rows.append(("bf16_greedy_b16", f"bfloat16 greedy batch {b_big} (ms/step) vs reference float32",
+                     timed(lambda: bf16.generate(ids16, mask16, **g16), reps) * 1e3 / new_b16,
+                     ref_time["greedy_b16"]))
+        rows.append(("bf16_beam4", "bfloat16 beam 4, batch 1 (ms/step) vs reference float32",
+                     timed(lambda: bf16.generate(ids1, mask1, **gb), reps) * 1e3 / new_b1, ref_time["beam4"]))
+        rows.append(("bf16_b1", "bfloat16 greedy batch 1 (ms/token)",
+                     timed(lambda: bf16.generate(ids1, mask1, **g1), reps) * 1e3 / new_b1, None))
 
-    rows.append(("forward", f"encoder-decoder forward, batch {b_fwd}, {src} src / {tgt} tgt (ms)",
-                 timed(lambda: fwd(ours), reps) * 1e3, timed(lambda: fwd(ref), reps) * 1e3))
-
-    # ---- greedy, batch 1, forced length
-    ids1, mask1, _ = batch(geo, 1, src, tgt, seed=1)
-    g1 = dict(max_new_tokens=new_b1, min_new_tokens=new_b1)
-    same = ours.generate(ids1, mask1, **g1).tolist() == ref.generate(ids1, attention_mask=mask1, **g1).tolist()
-    print(f"greedy batch 1 token-identical to reference: {same}")
-    rows.append(("greedy_b1", f"greedy batch 1, {new_b1} new tokens (ms/token)",
-                 timed(lambda: ours.generate(ids1, mask1, **g1), reps) * 1e3 / new_b1,
-                 timed(lambda: ref.generate(ids1, attention_mask=mask1, **g1), reps) * 1e3 / new_b1))
-
-    # ---- beam 4, batch 1
-    gb = dict(num_beams=4, max_new_tokens=new_b1, min_new_tokens=new_b1)
-    same = ours.generate(ids1, mask1, **gb).tolist() == ref.generate(ids1, attention_mask=mask1, **gb).tolist()
-    print(f"beam 4 token-identical to reference: {same}")
-    rows.append(("beam4", f"beam 4, batch 1, {new_b1} new tokens (ms/step)",
-                 timed(lambda: ours.generate(ids1, mask1, **gb), reps) * 1e3 / new_b1,
-                 timed(lambda: ref.generate(ids1, attention_mask=mask1, **gb), reps) * 1e3 / new_b1))
-
-    # ---- greedy, batch 16
-    ids16, mask16, _ = batch(geo, b_big, src, tgt, seed=2)
-    g16 = dict(max_new_tokens=new_b16, min_new_tokens=new_b16)
-    rows.append(("greedy_b16", f"greedy batch {b_big}, {src} src, {new_b16} new tokens (ms/step)",
-                 timed(lambda: ours.generate(ids16, mask16, **g16), reps) * 1e3 / new_b16,
-                 timed(lambda: ref.generate(ids16, attention_mask=mask16, **g16), reps) * 1e3 / new_b16))
-
-    # ---- one AdamW training step
-    def train_step(m, opt):
-        m.train()
-        loss = m(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        m.eval()
-
-    opt_o = torch.optim.AdamW(ours.parameters(), lr=1e-5)
-    opt_r = torch.optim.AdamW(ref.parameters(), lr=1e-5)
-    rows.append(("train_step", f"AdamW step, batch {b_fwd}, {src} src / {tgt} tgt (ms)",
-                 timed(lambda: train_step(ours, opt_o), reps) * 1e3,
-                 timed(lambda: train_step(ref, opt_r), reps) * 1e3))
-
-    # ---- opt-in int8 / bfloat16 (ours only; agreement is teacher-forced top-1 against our float32)
-    with torch.no_grad():
-        top1 = ours(ids, mask, dec).logits.argmax(-1)
-    for name, model in (("int8", ours.quantize_dynamic_int8()), ("bf16", _bf16_copy(ours))):
+        # ---- opt-in int8 (ours only)
+        int8 = ours.quantize_dynamic_int8()
         with torch.no_grad():
-            agree = float((model(ids, mask, dec).logits.argmax(-1) == top1).float().mean())
-        t1 = timed(lambda: model.generate(ids1, mask1, **g1), reps) / new_b1
-        t16 = timed(lambda: model.generate(ids16, mask16, **g16), reps) / new_b16
-        rows.append((name, f"{name} greedy batch 1 (ms/token); batch {b_big}: {b_big / t16:.0f} tokens/s; "
-                           f"top-1 agreement with float32 {agree:.1%}", t1 * 1e3, None))
+            agree = float((int8(ids, mask, dec).logits.argmax(-1) == top1).float().mean())
+        t16 = timed(lambda: int8.generate(ids16, mask16, **g16), reps) / new_b16
+        rows.append(("int8", f"int8 greedy batch 1 (ms/token); batch {b_big}: {b_big / t16:.0f} tokens/s; "
+                             f"top-1 agreement with float32 {agree:.1%}",
+                     timed(lambda: int8.generate(ids1, mask1, **g1), reps) * 1e3 / new_b1, None))
     return rows
+
+
+def _token_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fraction of equal generated tokens (the forced lengths make the shapes equal)."""
+    return float((a == b).float().mean())
 
 
 def _bf16_copy(model):
@@ -155,11 +192,19 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny geometry smoke run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--busy", type=int, nargs="?", const=os.cpu_count(), default=0,
+                   help="competing busy-loop processes during the timed runs (default when given: one per core)")
+    p.add_argument("--skip-train", action="store_true", help="leave out the AdamW step")
+    p.add_argument("--tokens", type=int, default=0, help="new tokens per generation case (default 64 / 32)")
     args = p.parse_args()
     rows = run(args)
     import transformers
+    chosen = [(key[1], kernel) for key, (kernel, _, _) in kernels.choices().items()]  # (dtype, kernel)
+    summary = ", ".join(f"{dtype}: {chosen.count((dtype, 'onednn'))} oneDNN / {chosen.count((dtype, 'aten'))} F.linear"
+                        for dtype in sorted({d for d, _ in chosen}))
     print(f"\ntorch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, "
-          f"{'tiny (--quick)' if args.quick else 'bart-base'} geometry, float32 unless noted\n")
+          f"{'tiny (--quick)' if args.quick else 'bart-base'} geometry, float32 unless noted, "
+          f"{args.busy} competing busy processes; linear kernels chosen per shape class ({summary})\n")
     print("| case | ours | reference | speedup (ref/ours) | target |")
     print("|---|---:|---:|---:|---:|")
     for key, label, ours, ref in rows:

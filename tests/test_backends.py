@@ -149,6 +149,80 @@ def test_generate_scores_match_reference(backend, reference_checkpoint):
         np.testing.assert_allclose(a[finite], b[finite], atol=ATOL, rtol=0)
 
 
+STEP_OUTPUT_FLAGS = dict(output_attentions=True, output_hidden_states=True, output_logits=True, output_scores=True,
+                         return_dict_in_generate=True)
+STEP_OUTPUT_CASES = {"greedy": dict(max_new_tokens=5), "beam3": dict(num_beams=3, max_new_tokens=6)}
+STEP_OUTPUT_FIELDS = ("scores", "logits", "encoder_attentions", "encoder_hidden_states", "decoder_attentions",
+                      "cross_attentions", "decoder_hidden_states")
+
+
+def _leaves(x) -> list:
+    """Nested tuples of arrays (any framework) -> flat list of numpy arrays."""
+    if isinstance(x, (tuple, list)):
+        return [leaf for item in x for leaf in _leaves(item)]
+    return [x.detach().numpy() if hasattr(x, "detach") else np.asarray(x)]
+
+
+def _assert_step_outputs_match(ours, ref):
+    assert np.asarray(_leaves(ours.sequences)[0]).tolist() == ref.sequences.tolist()
+    for key in STEP_OUTPUT_FIELDS:
+        a, b = _leaves(ours[key]), _leaves(ref[key])
+        assert len(a) == len(b), key
+        for p, q in zip(a, b):
+            assert p.shape == q.shape, (key, p.shape, q.shape)
+            finite = np.isfinite(q)  # processed scores hold -inf where a processor banned a token
+            assert np.array_equal(np.isfinite(p), finite), key
+            np.testing.assert_allclose(p[finite], q[finite], atol=ATOL, rtol=0, err_msg=key)
+    if ref.get("beam_indices") is not None:
+        assert _leaves(ours.beam_indices)[0].tolist() == ref.beam_indices.tolist()
+        np.testing.assert_allclose(_leaves(ours.sequences_scores)[0], ref.sequences_scores.numpy(), atol=ATOL,
+                                   rtol=0)
+    else:
+        assert ours.beam_indices is None
+
+
+@pytest.mark.parametrize("case", list(STEP_OUTPUT_CASES))
+def test_generate_step_outputs_match_reference(backend, reference_checkpoint, case):
+    """output_attentions / output_hidden_states / output_logits / output_scores: the reference's record, a tuple
+    per step (of a tuple per layer), for every backend and every way it runs the loop (TF: Python loop and XLA;
+    Flax: one jit program)."""
+    import torch
+    path = _generation_checkpoint(reference_checkpoint, 2.5)
+    x = seeded_inputs(tiny_config(), seed=5)
+    options = {**STEP_OUTPUT_FLAGS, **STEP_OUTPUT_CASES[case]}
+    with torch.no_grad():  # eager attention: the reference returns attention maps
+        ref = _reference("conditional_generation", path).generate(
+            torch.from_numpy(x["input_ids"]), attention_mask=torch.from_numpy(x["attention_mask"]), **options)
+    model = backend.from_pretrained("BartForConditionalGeneration", path)
+    if backend.name == "torch":
+        ids, mask = torch.from_numpy(x["input_ids"]), torch.from_numpy(x["attention_mask"])
+    else:
+        ids, mask = x["input_ids"], x["attention_mask"]
+    _assert_step_outputs_match(model.generate(ids, mask, **options), ref)
+    if backend.name == "tf":
+        _assert_step_outputs_match(model.generate(ids, mask, jit_compile=True, **options), ref)
+
+
+def test_generate_step_outputs_of_a_longer_prompt(backend, reference_checkpoint):
+    """Compiled loops keep per-step attentions / hidden states in buffers of one shape per step: with a decoder
+    prompt longer than one token (the causal LM's prompt) TF and Flax refuse them by name; logits are kept."""
+    import torch
+    path = reference_checkpoint("causal_lm", "gelu", seed=1, init_std=0.3)
+    prompt = np.array([[0, 5, 9, 11], [0, 7, 8, 12]], np.int64)
+    model = backend.from_pretrained("BartForCausalLM", path)
+    ids = torch.from_numpy(prompt) if backend.name == "torch" else prompt
+    options = dict(max_new_tokens=4, return_dict_in_generate=True)
+    if backend.name != "torch":
+        with pytest.raises(ValueError, match="output_attentions / output_hidden_states"):
+            model.generate(ids, None, output_attentions=True, **options)
+    with torch.no_grad():
+        ref = _reference("causal_lm", path).generate(torch.from_numpy(prompt), output_logits=True, **options)
+    ours = model.generate(ids, None, output_logits=True, **options)
+    assert len(ours.logits) == len(ref.logits)
+    for a, b in zip(_leaves(ours.logits), _leaves(ref.logits)):
+        np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
+
+
 def test_saved_checkpoint_loads_in_reference(backend, reference_checkpoint, tmp_path):
     path = reference_checkpoint("conditional_generation", "relu_scaled")
     model = backend.from_pretrained("BartForConditionalGeneration", path)

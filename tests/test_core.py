@@ -389,12 +389,6 @@ def test_library_never_imports_transformers():
 IMPORT_PACKAGES = ("bart_core", "conversion", "bart_torch", "bart_tf", "bart_flax")
 # Circles not removed yet (issue #17): TF's io reads canonical_variables from modeling inside a function, and
 # modeling's mixins import io and keras_model (which imports io). Drop an entry once it is gone.
-KNOWN_CIRCLES = {
-    "bart_tf.io -> bart_tf.modeling -> bart_tf.io",
-    "bart_tf.io -> bart_tf.modeling -> bart_tf.keras_model -> bart_tf.io",
-}
-
-
 def _import_graph() -> dict[str, set[str]]:
     """``{module: modules of IMPORT_PACKAGES it imports}``, top-level and inside functions (ast, nothing is run).
     A module's own parent packages are not edges (Python imports them first anyway); ``from pkg import name``
@@ -453,15 +447,10 @@ def _import_circles() -> set[str]:
 
 def test_no_module_imports_a_module_that_imports_it_back():
     """bart_core and conversion have no circle (the formats import nothing from checkpoint, not even inside a
-    function); the backends none beyond the ones being removed (KNOWN_CIRCLES)."""
+    function), and neither have the backends (decoding imports nothing from modeling)."""
     graph = _import_graph()
     assert graph["bart_core.checkpoint"] >= {"bart_core.formats.safetensors", "bart_core.formats.tf_h5"}
     assert [m for m in graph if m.startswith("bart_core.formats") and "bart_core.checkpoint" in graph[m]] == []
-    assert _import_circles() - KNOWN_CIRCLES == set()
-
-
-@pytest.mark.xfail(strict=False, reason="known circles being removed (issue #17): " + "; ".join(sorted(KNOWN_CIRCLES)))
-def test_no_import_circles_are_left():
     assert _import_circles() == set()
 
 

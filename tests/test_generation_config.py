@@ -222,8 +222,8 @@ def test_reference_only_options_round_trip_and_are_refused_at_generate(tmp_path)
     assert t.GenerationConfig.from_pretrained(tmp_path / "again").typical_p == 0.5
     with pytest.raises(ValueError, match="typical_p"):
         resolve_generation_config(gen, None, {}, tiny_config())
-    with pytest.raises(ValueError, match="diversity_penalty"):
-        resolve_generation_config(None, None, {"diversity_penalty": 0.5}, tiny_config())
+    with pytest.raises(ValueError, match="penalty_alpha"):
+        resolve_generation_config(None, None, {"penalty_alpha": 0.6}, tiny_config())
     # at their defaults they change nothing and are accepted
     assert resolve_generation_config(None, None, {"typical_p": 1.0, "low_memory": True}, tiny_config()).num_beams == 1
     with pytest.raises(TypeError, match="num_beamz"):

@@ -240,32 +240,6 @@ def test_flax_generate_returns_sequences_output():
     np.testing.assert_array_equal(np.asarray(jitted.sequences)[:, :out.shape[1]], out.sequences)
 
 
-def test_generate_output_flags(backend, gen_path, reference_model):
-    import torch
-    x = seeded_inputs(tiny_config())
-    model = backend.from_pretrained("BartForConditionalGeneration", gen_path)
-    flags = dict(output_attentions=True, output_hidden_states=True, output_logits=True, output_scores=True,
-                 return_dict_in_generate=True, max_new_tokens=4)
-    if backend.name != "torch":  # compiled loops keep no per-step network outputs: refused by name
-        with pytest.raises(ValueError, match="output_attentions"):
-            model.generate(x["input_ids"], x["attention_mask"], **flags)
-        return
-    with torch.no_grad():
-        ref = reference_model.generate(torch.as_tensor(x["input_ids"]),
-                                       attention_mask=torch.as_tensor(x["attention_mask"]), **flags)
-    ours = model.generate(torch.as_tensor(x["input_ids"]), torch.as_tensor(x["attention_mask"]), **flags)
-    assert torch.equal(ours.sequences, ref.sequences)
-
-    def flat(t):
-        return [u for v in t for u in (flat(v) if isinstance(v, tuple) else [v])]
-    for key in ("scores", "logits", "encoder_attentions", "encoder_hidden_states", "decoder_attentions",
-                "cross_attentions", "decoder_hidden_states"):
-        a, b = flat(ours[key]), flat(ref[key])
-        assert len(a) == len(b), key
-        for p, q in zip(a, b):
-            np.testing.assert_allclose(p.numpy(), q.numpy(), atol=1e-5, err_msg=key)
-
-
 def test_beam_sampling(backend, gen_path, reference_model):
     import torch
     x = seeded_inputs(tiny_config())
@@ -290,11 +264,18 @@ def test_beam_sampling(backend, gen_path, reference_model):
     assert len(draws) > 1
 
 
-def test_diverse_beam_search_is_refused_by_name(backend, gen_path):
+def test_diverse_beam_search(backend, gen_path, reference_model):
+    """Group beam search gives the ids of the reference's algorithm (the oracle and the full set of cases are in
+    tests/test_diverse_beam.py); an inconsistent group option is refused by name."""
+    from tests.test_diverse_beam import reference_group_beam_search
     x = seeded_inputs(tiny_config())
     model = backend.from_pretrained("BartForConditionalGeneration", gen_path)
-    with pytest.raises(ValueError, match="diversity_penalty|num_beam_groups"):
-        model.generate(x["input_ids"], x["attention_mask"], num_beams=4, num_beam_groups=2, diversity_penalty=0.5)
+    options = dict(num_beams=4, num_beam_groups=2, diversity_penalty=0.5, max_new_tokens=8, num_return_sequences=2)
+    expected = _reference_ids(reference_model, x, custom_generate=reference_group_beam_search, **options)
+    got = _ids(model.generate(x["input_ids"], x["attention_mask"], **options))
+    np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match="num_beam_groups"):
+        model.generate(x["input_ids"], x["attention_mask"], num_beams=4, num_beam_groups=3, diversity_penalty=0.5)
 
 
 def test_generation_config_keeps_bad_words_hashable():

@@ -273,9 +273,10 @@ def test_sdpa_path_equals_eager_path():
     np.testing.assert_allclose(fast.logits.numpy(), eager.logits.numpy(), atol=1e-5, rtol=0)
 
 
-def test_encoder_skip_padding_equals_padded_encoder_on_real_tokens():
+def test_encode_packed_equals_padded_encoder_on_real_tokens():
     """The packed encoder (generate's shortcut) gives the padded encoder's numbers wherever the mask is 1, zeros
     elsewhere, also for a mask with a hole and left padding; a fully padded row falls back to the padded path."""
+    from bart_torch.packed import encode_packed
     c = tiny_config()
     model = _model("BartForConditionalGeneration", c).eval()
     x = _t(seeded_inputs(c, batch=4, src_len=11))
@@ -285,76 +286,13 @@ def test_encoder_skip_padding_equals_padded_encoder_on_real_tokens():
     enc = model.model.encoder
     with torch.no_grad():
         full = enc(input_ids=x["input_ids"], attention_mask=mask).last_hidden_state
-        packed = enc(input_ids=x["input_ids"], attention_mask=mask, skip_padding=True).last_hidden_state
+        packed = encode_packed(enc, x["input_ids"], mask).last_hidden_state
         keep = mask.bool()
         assert torch.allclose(packed[keep], full[keep], atol=1e-5, rtol=0)
         assert float(full[~keep].abs().min()) > 0 and bool((packed[~keep] == 0).all())
         mask[2] = 0  # a row with no token: same output as the padded path
-        assert torch.equal(enc(input_ids=x["input_ids"], attention_mask=mask, skip_padding=True).last_hidden_state,
+        assert torch.equal(encode_packed(enc, x["input_ids"], mask).last_hidden_state,
                            enc(input_ids=x["input_ids"], attention_mask=mask).last_hidden_state)
-
-
-@pytest.mark.parametrize("rows,out_features", [(1, 96), (16, 96), (4, 9000), (300, 9000)])
-def test_linear_helper_agrees_with_f_linear_and_keeps_autograd(rows, out_features):
-    from bart_torch.modeling import _ONEDNN, linear
-    torch.manual_seed(0)
-    layer = torch.nn.Linear(1024, out_features)
-    x = torch.randn(rows, 1024)
-    want = torch.nn.functional.linear(x, layer.weight, layer.bias)
-    with torch.no_grad():
-        got = linear(layer, x)
-        bias = torch.randn(out_features)
-        got_bias = linear(layer, x, bias)
-    np.testing.assert_allclose(got.numpy(), want.detach().numpy(), atol=2e-5, rtol=1e-5)
-    np.testing.assert_allclose(got_bias.numpy(), (x @ layer.weight.T + bias).detach().numpy(), atol=2e-5, rtol=1e-5)
-    assert _ONEDNN or not torch.backends.mkldnn.is_available()
-    out = linear(layer, x)  # gradients flow
-    out.sum().backward()
-    np.testing.assert_allclose(layer.bias.grad.numpy(), np.full(out_features, rows, np.float32))
-    quant = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear}, torch.qint8)[0]
-    with torch.no_grad():
-        np.testing.assert_allclose(linear(quant, x).numpy(), want.detach().numpy(), atol=0.1, rtol=0)
-
-
-@pytest.mark.parametrize("activation", ["gelu", "gelu_new", "relu", "silu", "tanh"])
-def test_linear_helper_fuses_every_activation(activation):
-    """The fused activation (oneDNN post-op in inference) equals the activation applied after F.linear."""
-    from bart_torch.modeling import ACTIVATIONS, linear
-    torch.manual_seed(0)
-    layer = torch.nn.Linear(256, 512)
-    layer.bias.data.normal_()
-    x = torch.randn(40, 256)
-    want = ACTIVATIONS[activation](torch.nn.functional.linear(x, layer.weight, layer.bias)).detach()
-    with torch.no_grad():
-        fused = linear(layer, x, activation=activation)
-    np.testing.assert_allclose(fused.numpy(), want.numpy(), atol=2e-5, rtol=1e-5)
-    trained = linear(layer, x, activation=activation)  # autograd on: the product, then the activation
-    np.testing.assert_allclose(trained.detach().numpy(), want.numpy(), atol=2e-5, rtol=1e-5)
-    assert trained.requires_grad
-
-
-@pytest.mark.parametrize("frozen_weight", [False, True])
-def test_linear_helper_gradients_equal_f_linear(frozen_weight):
-    """The training path (oneDNN forward and backward products) gives F.linear's gradients, 3-D input included."""
-    from bart_torch.modeling import _ONEDNN, _OneDNNLinear, linear
-    torch.manual_seed(0)
-    layer = torch.nn.Linear(96, 200)
-    layer.weight.requires_grad_(not frozen_weight)
-    x = torch.randn(3, 50, 96, requires_grad=True)
-    upstream = torch.randn(3, 50, 200)
-    grads = []
-    direct = [lambda: torch.nn.functional.gelu(_OneDNNLinear.apply(x, layer.weight, layer.bias))] if _ONEDNN else []
-    for fn in (lambda: linear(layer, x, activation="gelu"), *direct,  # linear() may pick MKL on Intel
-               lambda: torch.nn.functional.gelu(torch.nn.functional.linear(x, layer.weight, layer.bias))):
-        x.grad = layer.weight.grad = layer.bias.grad = None
-        (fn() * upstream).sum().backward()
-        grads.append([x.grad.clone(), None if frozen_weight else layer.weight.grad.clone(), layer.bias.grad.clone()])
-    for candidate in grads[:-1]:
-        for ours, ref in zip(candidate, grads[-1]):
-            if ref is None:
-                assert ours is None
-            else:
-                np.testing.assert_allclose(ours.numpy(), ref.numpy(), atol=1e-4, rtol=1e-5)
 
 
 def test_inputs_embeds_equal_input_ids():

@@ -198,6 +198,67 @@ def test_sampling_with_seed_is_reproducible_and_without_varies(backend):
     assert free[0] != free[1]
 
 
+def _package_imports(path) -> set:
+    """Modules of the same backend package that ``path`` imports anywhere (top level or inside functions)."""
+    import ast
+    package = path.parent.name
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:  # relative: from . import x / from .x import y
+                found |= {module.split(".")[0]} if module else {a.name for a in node.names}
+            elif module == package:
+                found |= {a.name for a in node.names}
+            elif module.startswith(package + "."):
+                found.add(module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith(package + ".")}
+    return found
+
+
+@pytest.mark.parametrize("package", ["bart_torch", "bart_tf", "bart_flax"])
+def test_decoding_imports_nothing_from_modeling(package):
+    """Decoding receives what it needs from the model (start ids, cache, step, reorder, the input check):
+    ``generation.py``, and whatever it imports from its package, never imports ``modeling`` (no import circle
+    modeling <-> generation), and ``cache.py`` imports neither."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2] / package
+    reached, todo = set(), ["generation"]
+    while todo:
+        name = todo.pop()
+        if name in reached or not (root / f"{name}.py").exists():
+            continue
+        reached.add(name)
+        todo += sorted(_package_imports(root / f"{name}.py"))
+    assert "modeling" not in reached, f"{package}.generation reaches modeling through {sorted(reached)}"
+    assert "cache" in reached
+    assert not _package_imports(root / "cache.py") & {"modeling", "generation"}
+    assert "cache" in _package_imports(root / "modeling.py")
+
+
+def test_decoding_vocabulary_is_shared():
+    """The three generation.py files read as translations: the same loops, in the same order, with the same
+    leading arguments, and the shared numbers come from bart_core (no backend defines its own)."""
+    import ast
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    loops, constants = {}, {}
+    for package in ("bart_torch", "bart_tf", "bart_flax"):
+        tree = ast.parse((root / package / "generation.py").read_text())
+        functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+        loops[package] = [(f.name, [a.arg for a in f.args.args][:5]) for f in functions
+                          if f.name in ("sample_search", "beam_search")]
+        constants[package] = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                              if isinstance(t, ast.Name)}
+        assert not {f.name for f in functions} & {"greedy_search", "sample_loop"}, package
+    assert loops["bart_torch"] == [("sample_search", ["step", "cache", "start", "gen", "rng"]),
+                                   ("beam_search", ["step", "reorder", "cache", "start", "gen"])]
+    assert loops["bart_tf"] == loops["bart_flax"] == loops["bart_torch"]
+    for package, names in constants.items():
+        assert not names & {"BEAM_PENALTY", "BEAM_FILL"}, package
+
+
 # ------------------------------------------------------------------------------------------------ init
 
 
