@@ -6,14 +6,9 @@ The parameter tree is the reference ``flax_model.msgpack`` tree one to one (``mo
 Every function here is pure: parameters, dropout keys and the KV cache go in as arguments and come out as
 results, so ``jax.jit`` applies to ``__call__``, ``encode``, ``decode`` and whole train steps.
 
-Bad input: every entry point (``__call__``, ``encode``, ``decode``, ``generate``) checks its arguments with
-``bart_core.inputs.check_model_inputs``. Shapes and dtypes are static, so ranks, masks matching their sequence,
-integer ids and labels and lengths are checked inside ``jax.jit`` too. Values cannot be checked on tracers: an
-out-of-range id gathers a row of NaN (``jnp.take(mode="fill")``), so the outputs of that sequence are NaN rather
-than silently wrong; a label ``>= vocab_size`` gives a NaN loss and a negative label other than -100 reads the
-log-probability of ``vocab_size + label``; a decode step past the end of the cache writes at the clamped last slot
-(``lax.dynamic_update_slice``) and its output is undefined. Outside ``jit`` all of these raise ``ValueError``
-before any computation.
+Bad input is checked at every entry point (``inputs.py``, which says what is checked where); kernel
+choices live in ``kernels.py``, the reference's model surface that is not network code in ``surface.py``
+(``ModelSurfaceMixin``).
 """
 
 from __future__ import annotations
@@ -88,43 +83,6 @@ def shift_tokens_right(ids: jax.Array, pad_token_id: int, decoder_start_token_id
 
 def _normal(std: float):
     return jax.nn.initializers.normal(std)
-
-
-# Products of at least this many rows (per batch entry) run in the model's dtype when it is bfloat16 / float16;
-# fewer stay float32. Measured under jax.jit on XLA:CPU (docs/design.md, "bfloat16"): a one-row bfloat16 product
-# ran 2.5-10x slower than float32 (the tied LM head 65 against 6 ms), from 2 rows on bfloat16 was faster.
-LOW_PRECISION_MIN_ROWS = 2
-
-
-def product_dtype(rows: int, dtype: Dtype) -> Dtype:
-    """The dtype the operands of a product with ``rows`` rows run in: ``dtype`` from ``LOW_PRECISION_MIN_ROWS``
-    rows on, float32 below."""
-    return dtype if rows >= LOW_PRECISION_MIN_ROWS else jnp.float32
-
-
-def mixed_einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype, rows: int) -> jax.Array:
-    """``jnp.einsum(spec, a, b)`` with both operands in ``product_dtype(rows, dtype)``, accumulated and returned
-    in float32 (``preferred_element_type``: XLA:CPU runs a bfloat16 product with a bfloat16 result several times
-    slower). In a float32 model this is the plain float32 product."""
-    operands = product_dtype(rows, dtype)
-    return jnp.einsum(spec, a.astype(operands), b.astype(operands), preferred_element_type=jnp.float32)
-
-
-class BartLinear(nn.Module):
-    """``nn.Dense``'s parameters (``kernel`` (in, out), ``bias`` (out,), stored float32 unless ``to_bf16``) with the
-    product of ``mixed_einsum``: (..., in) -> (..., out) float32."""
-    features: int
-    dtype: Dtype = jnp.float32
-    use_bias: bool = True
-    kernel_init: Any = nn.initializers.lecun_normal()
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-        y = mixed_einsum("...i,io->...o", x, kernel, self.dtype, rows=x.size // x.shape[-1])
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(jnp.float32)
-        return y
 
 
 # ============================================================================ 2. embeddings
@@ -647,49 +605,6 @@ def cross_entropy(logits, labels, ignore_index: int = -100, label_smoothing: flo
     return jnp.where(valid, nll, 0.0).sum() / n.astype(jnp.float32)
 
 
-def _is_concrete(x) -> bool:
-    return x is not None and not isinstance(x, jax.core.Tracer)
-
-
-def _tensor_info(x, values: bool) -> TensorInfo:
-    if not (hasattr(x, "shape") and hasattr(x, "dtype")):  # lists
-        x = np.asarray(x)
-    integer = np.issubdtype(x.dtype, np.integer)
-    return TensorInfo(tuple(x.shape), np.dtype(x.dtype).name,
-                      np.asarray(x) if values and integer and _is_concrete(x) else None)
-
-
-def check_inputs(config: BartConfig, causal: bool = False, past_key_values=None, **args) -> None:
-    """``bart_core.inputs.check_model_inputs`` on the arguments given, once per entry point (``__call__``,
-    ``encode``, ``decode``, ``generate``). Shapes and dtypes are checked under ``jax.jit`` too; values (ids and
-    labels in range) only when concrete: under jit an id outside the vocabulary reads a clamped row and a label
-    outside it gives a wrong or NaN loss."""
-    encoder = args.pop("encoder_outputs", None)
-    if encoder is not None:
-        args["encoder_outputs"] = _hidden(encoder)
-    past = 0
-    if past_key_values is not None and _is_concrete(past_key_values["index"]):
-        past = int(past_key_values["index"])
-    check_model_inputs(config, {k: _tensor_info(v, k in VALUE_CHECKED) for k, v in args.items() if v is not None},
-                       causal, past_key_values is not None, past)
-
-
-def _hidden(encoder_outputs):
-    if isinstance(encoder_outputs, BaseModelOutput):
-        return encoder_outputs.last_hidden_state
-    if isinstance(encoder_outputs, (tuple, list)):
-        return encoder_outputs[0]
-    return encoder_outputs
-
-
-def _as_encoder_output(encoder_outputs):
-    if encoder_outputs is None or isinstance(encoder_outputs, BaseModelOutput):
-        return encoder_outputs
-    if isinstance(encoder_outputs, (tuple, list)):
-        return BaseModelOutput(*encoder_outputs)
-    return BaseModelOutput(last_hidden_state=encoder_outputs)
-
-
 @functools.partial(jax.jit, static_argnums=1)
 def _normal_draw(rng, n: int):
     return jax.random.normal(rng, (n,), jnp.float32)
@@ -744,61 +659,6 @@ class BartPreTrainedModel:
             out.append(jnp.asarray(arr, jnp.float32))
         return jax.tree_util.tree_unflatten(treedef, out)
 
-    def _cast_params(self, params, dtype, mask):
-        """``params`` (default ``self.params``) with floating leaves cast to ``dtype``; ``mask``, a tree of the
-        same structure holding booleans, casts only the leaves where it is True (the reference's signature)."""
-        params = self.params if params is None else params
-
-        def cast(x, keep=True):
-            return x.astype(dtype) if keep and jnp.issubdtype(x.dtype, jnp.floating) else x
-        if mask is None:
-            return jax.tree_util.tree_map(cast, params)
-        return jax.tree_util.tree_map(lambda x, m: cast(x, bool(m)), params, mask)
-
-    def to_bf16(self, params=None, mask=None):
-        """Return ``params`` with floating leaves cast to bfloat16 (see ``_cast_params`` for ``mask``)."""
-        return self._cast_params(params, jnp.bfloat16, mask)
-
-    def to_fp16(self, params=None, mask=None):
-        """Return ``params`` with floating leaves cast to float16 (see ``_cast_params`` for ``mask``)."""
-        return self._cast_params(params, jnp.float16, mask)
-
-    def to_fp32(self, params=None, mask=None):
-        """Return ``params`` with floating leaves cast to float32 (see ``_cast_params`` for ``mask``)."""
-        return self._cast_params(params, jnp.float32, mask)
-
-    @classmethod
-    def can_generate(cls) -> bool:
-        return cls.head in ("conditional_generation", "causal_lm")
-
-    def _check_generate_inputs(self, **args) -> None:
-        """``generate``'s input check (``check_inputs`` for this head), so that decoding imports nothing from here."""
-        check_inputs(self.config, self.head == "causal_lm", **args)
-
-    def num_parameters(self, params=None) -> int:
-        params = self.params if params is None else params
-        return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
-
-    def numpy_state_dict(self) -> dict[str, np.ndarray]:
-        from bart_flax.io import params_to_state_dict
-        return params_to_state_dict(self.params, self.config, self.head)
-
-    def load_numpy_state_dict(self, state, source: str = "state dict"):
-        from bart_flax.io import load_state_into
-        load_state_into(self, state, source)
-        return self
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path=None, *model_args, **kwargs):
-        """Load a checkpoint folder or hub id; keywords as the reference (see ``bart_flax.io.from_pretrained``)."""
-        from bart_flax.io import from_pretrained
-        return from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs)
-
-    def save_pretrained(self, save_directory, params=None, **kwargs):
-        """Save atomically in the reference layout (see ``bart_flax.io.save_pretrained``)."""
-        from bart_flax.io import save_pretrained
-        return save_pretrained(self, save_directory, params=params, **kwargs)
-
     # ------------------------------------------------------------------ plumbing
     def _apply(self, params, *args, method=None, train=False, dropout_rng=None, **kw):
         if train and dropout_rng is None:
@@ -832,20 +692,6 @@ class BartPreTrainedModel:
         if attention_mask is None and input_ids is not None and encoder_outputs is None:
             attention_mask = jnp.ones(jnp.shape(input_ids), jnp.int32)
         return attention_mask, decoder_input_ids
-
-    def _check_cache(self, cache, t, batch):
-        if cache is None:
-            return
-        length = cache["layers"][0]["key"].shape[2]
-        if t > length:
-            raise ValueError(f"{t} decoder positions do not fit a cache of max_length {length}")
-        if batch is not None and batch != cache["layers"][0]["key"].shape[0]:
-            raise ValueError(f"decoder batch {batch} does not match the cache batch "
-                             f"{cache['layers'][0]['key'].shape[0]}")
-        index = cache["index"]
-        if _is_concrete(index) and int(index) + t > length:
-            raise ValueError(f"cache holds {int(index)} of {length} positions; {t} more do not fit "
-                             "(init_cache with a larger max_length)")
 
     # ------------------------------------------------------------------ seq2seq API
     def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None, head_mask=None,
@@ -888,7 +734,7 @@ class BartPreTrainedModel:
                      encoder_hidden_states=_hidden(encoder_outputs), encoder_attention_mask=encoder_attention_mask)
         ids = decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds
         t, b = ids.shape[1], ids.shape[0]
-        self._check_cache(past_key_values, t, b)
+        _check_cache(past_key_values, t, b)
         return self._apply(params, decoder_input_ids, _hidden(encoder_outputs), encoder_attention_mask,
                            attention_mask=decoder_attention_mask, cache=past_key_values,
                            position_ids=decoder_position_ids, inputs_embeds=decoder_inputs_embeds,
@@ -919,7 +765,7 @@ class BartModel(BartPreTrainedModel):
                  decoder_inputs_embeds, output_attentions, output_hidden_states, train, dropout_rng,
                  decoder_position_ids=None):
         t = (decoder_input_ids if decoder_input_ids is not None else decoder_inputs_embeds).shape[1]
-        self._check_cache(past_key_values, t, None)
+        _check_cache(past_key_values, t, None)
         return self._apply(params, input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
                            encoder_outputs=_as_encoder_output(encoder_outputs), inputs_embeds=inputs_embeds,
                            decoder_inputs_embeds=decoder_inputs_embeds, head_mask=head_mask,
@@ -1116,7 +962,7 @@ class BartForCausalLM(BartPreTrainedModel):
                      inputs_embeds=inputs_embeds, encoder_hidden_states=_hidden(encoder_hidden_states),
                      encoder_attention_mask=encoder_attention_mask, labels=labels)
         ids = input_ids if input_ids is not None else inputs_embeds
-        self._check_cache(past_key_values, ids.shape[1], ids.shape[0])
+        _check_cache(past_key_values, ids.shape[1], ids.shape[0])
         out, logits = self._apply(params, input_ids, attention_mask, _hidden(encoder_hidden_states),
                                   encoder_attention_mask, cache=past_key_values, position_ids=position_ids,
                                   inputs_embeds=inputs_embeds, head_mask=head_mask,
