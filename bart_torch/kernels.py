@@ -138,8 +138,7 @@ class OneDNNLinear(nn.Linear):
         return out if self.activation is None else self.activation(out)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, kernel={self.kernel}" + (f", activation={self.activation}"
-                                                                  if self.activation is not None else "")
+        return f"{super().extra_repr()}, kernel={self.kernel}"
 
 
 def _measure(layer: OneDNNLinear, x: torch.Tensor, grad: bool, repeats: int = 3) -> tuple:
