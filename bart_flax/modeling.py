@@ -6,9 +6,8 @@ The parameter tree is the reference ``flax_model.msgpack`` tree one to one (``mo
 Every function here is pure: parameters, dropout keys and the KV cache go in as arguments and come out as
 results, so ``jax.jit`` applies to ``__call__``, ``encode``, ``decode`` and whole train steps.
 
-Bad input is checked at every entry point (``inputs.py``, which says what is checked where); kernel
-choices live in ``kernels.py``, the reference's model surface that is not network code in ``surface.py``
-(``ModelSurfaceMixin``).
+Inputs are checked at every entry point (``inputs.py``); kernel choices live in ``kernels.py``, the reference's
+model surface that is not network code (weight init, dtype casts, IO) in ``surface.py`` (``ModelSurfaceMixin``).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from flax import linen as nn
 
 from bart_core import BartConfig
 from bart_core.generation import default_generation_config
-from bart_core.inputs import VALUE_CHECKED, TensorInfo, check_model_inputs, classification_problem_type
 from bart_core.names import POSITION_OFFSET
 from bart_core.outputs import (
     BaseModelOutput,
@@ -37,6 +35,10 @@ from bart_core.outputs import (
     output_flags,
 )
 from bart_flax.cache import reorder_cache  # noqa: F401  (re-exported)
+from bart_flax.inputs import _as_encoder_output, _check_cache, _hidden, _is_concrete, check_inputs
+from bart_flax.kernels import LOW_PRECISION_MIN_ROWS, BartLinear, mixed_einsum  # noqa: F401  (re-exported)
+from bart_flax.losses import classification_loss, cross_entropy  # noqa: F401  (re-exported)
+from bart_flax.surface import ModelSurfaceMixin
 
 Dtype = Any
 
@@ -592,25 +594,7 @@ class BartForCausalLMModule(nn.Module):
 
 
 # ============================================================================ 10. public classes
-def cross_entropy(logits, labels, ignore_index: int = -100, label_smoothing: float = 0.0):
-    """Mean token cross-entropy over labels != ignore_index, as torch.nn.CrossEntropyLoss.
-    logits (..., V) any float dtype, labels (...) int -> scalar float32."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)            # (..., V)
-    valid = labels != ignore_index
-    safe = jnp.where(valid, labels, 0)
-    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]       # (...)
-    if label_smoothing:
-        nll = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(axis=-1)
-    n = valid.sum()
-    return jnp.where(valid, nll, 0.0).sum() / n.astype(jnp.float32)
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _normal_draw(rng, n: int):
-    return jax.random.normal(rng, (n,), jnp.float32)
-
-
-class BartPreTrainedModel:
+class BartPreTrainedModel(ModelSurfaceMixin):
     """Holds ``config``, the compute ``dtype``, the flax ``module`` and its ``params`` (float32 unless
     converted with ``to_bf16``). Every call takes ``params=`` so it can be jitted or differentiated."""
     head = "base"
@@ -631,33 +615,6 @@ class BartPreTrainedModel:
     def _init_args(self):
         ids = jnp.full((1, 4), self.config.eos_token_id, jnp.int32)
         return (ids, jnp.ones_like(ids), ids), {}
-
-    def init_weights(self, rng) -> dict:
-        """Dense kernels and embeddings ~ N(0, init_std), biases 0, layer-norm scales 1, the token table's
-        ``pad_token_id`` row 0 (the reference PyTorch init; its Flax init keeps that row normal).
-        The tree comes from ``jax.eval_shape`` (no compile); one normal draw fills every random leaf."""
-        args, kw = self._init_args()
-        shapes = jax.eval_shape(lambda r: self.module.init({"params": r}, *args, **kw)["params"], rng)
-        leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-        names = [str(getattr(path[-1], "key", path[-1])) for path, _ in leaves]
-        tokens = [len(path) > 1 and str(getattr(path[-2], "key", "")) in ("shared", "embed_tokens")
-                  for path, _ in leaves]
-        random = [n in ("kernel", "embedding") for n in names]
-        total = sum(int(np.prod(x.shape)) for (_, x), r in zip(leaves, random) if r)
-        flat = np.asarray(_normal_draw(rng, total)) * np.float32(self.config.init_std)
-        out, pos = [], 0
-        pad = self.config.pad_token_id
-        for (_, x), name, r, token_table in zip(leaves, names, random, tokens):
-            n = int(np.prod(x.shape))
-            if r:
-                arr, pos = flat[pos:pos + n].reshape(x.shape), pos + n
-                if token_table and pad is not None:
-                    arr = arr.copy()
-                    arr[pad] = 0.0                                            # (V, D): the padding row
-            else:
-                arr = np.full(x.shape, 1.0 if name == "scale" else 0.0, np.float32)
-            out.append(jnp.asarray(arr, jnp.float32))
-        return jax.tree_util.tree_unflatten(treedef, out)
 
     # ------------------------------------------------------------------ plumbing
     def _apply(self, params, *args, method=None, train=False, dropout_rng=None, **kw):
@@ -888,22 +845,6 @@ class BartForSequenceClassification(BartModel):
         loss = None if labels is None else classification_loss(logits, labels, self.config)
         return _result(Seq2SeqSequenceClassifierOutput(loss=loss, logits=logits, **_seq2seq_fields(out)),
                        return_dict)
-
-
-def classification_loss(logits, labels, config: BartConfig):
-    """Regression for one label, cross-entropy for integer labels, else multi-label BCE; decided per call
-    (``bart_core.inputs.classification_problem_type``)."""
-    labels = jnp.asarray(labels)
-    problem = classification_problem_type(config, jnp.issubdtype(labels.dtype, jnp.integer))
-    logits = logits.astype(jnp.float32)
-    if problem == "regression":
-        if config.num_labels == 1:
-            return jnp.mean((jnp.squeeze(logits) - jnp.squeeze(labels).astype(jnp.float32)) ** 2)
-        return jnp.mean((logits - labels.astype(jnp.float32)) ** 2)
-    if problem == "single_label_classification":
-        return cross_entropy(logits.reshape(-1, config.num_labels), labels.reshape(-1))
-    y = labels.astype(jnp.float32)                                            # (B, num_labels)
-    return jnp.mean(jnp.maximum(logits, 0) - logits * y + jnp.log1p(jnp.exp(-jnp.abs(logits))))
 
 
 class BartForQuestionAnswering(BartModel):

@@ -1,7 +1,9 @@
-"""The reference's model surface shared by the five Flax models, none of it network code: parameter dtype casts,
-parameter counts, the canonical numpy state dict and checkpoint IO (through ``bart_flax.io``)."""
+"""The reference's model surface shared by the five Flax models, none of it network code: weight initialisation,
+parameter dtype casts, parameter counts, the canonical numpy state dict and checkpoint IO (``bart_flax.io``)."""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +12,41 @@ import numpy as np
 from bart_flax.inputs import check_inputs
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _normal_draw(rng, n: int):
+    return jax.random.normal(rng, (n,), jnp.float32)
+
+
 class ModelSurfaceMixin:
-    """Needs ``config``, ``head`` and ``params`` from the model."""
+    """Needs ``config``, ``head``, ``module``, ``params`` and ``_init_args()`` (example inputs for
+    ``module.init``) from the model."""
+
+    def init_weights(self, rng) -> dict:
+        """Dense kernels and embeddings ~ N(0, init_std), biases 0, layer-norm scales 1, the token table's
+        ``pad_token_id`` row 0 (the reference PyTorch init; its Flax init keeps that row normal).
+        The tree comes from ``jax.eval_shape`` (no compile); one normal draw fills every random leaf."""
+        args, kw = self._init_args()
+        shapes = jax.eval_shape(lambda r: self.module.init({"params": r}, *args, **kw)["params"], rng)
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+        names = [str(getattr(path[-1], "key", path[-1])) for path, _ in leaves]
+        tokens = [len(path) > 1 and str(getattr(path[-2], "key", "")) in ("shared", "embed_tokens")
+                  for path, _ in leaves]
+        random = [n in ("kernel", "embedding") for n in names]
+        total = sum(int(np.prod(x.shape)) for (_, x), r in zip(leaves, random) if r)
+        flat = np.asarray(_normal_draw(rng, total)) * np.float32(self.config.init_std)
+        out, pos = [], 0
+        pad = self.config.pad_token_id
+        for (_, x), name, r, token_table in zip(leaves, names, random, tokens):
+            n = int(np.prod(x.shape))
+            if r:
+                arr, pos = flat[pos:pos + n].reshape(x.shape), pos + n
+                if token_table and pad is not None:
+                    arr = arr.copy()
+                    arr[pad] = 0.0                                            # (V, D): the padding row
+            else:
+                arr = np.full(x.shape, 1.0 if name == "scale" else 0.0, np.float32)
+            out.append(jnp.asarray(arr, jnp.float32))
+        return jax.tree_util.tree_unflatten(treedef, out)
 
     def _cast_params(self, params, dtype, mask):
         """``params`` (default ``self.params``) with floating leaves cast to ``dtype``; ``mask``, a tree of the

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bart_flax.modeling import cross_entropy
+from bart_flax.losses import cross_entropy
 
 
 class TrainState(NamedTuple):

@@ -21,7 +21,6 @@ import tensorflow as tf
 from bart_core import outputs as O
 from bart_core.config import BartConfig
 from bart_core.generation import default_generation_config
-from bart_core.inputs import classification_problem_type
 from bart_core.names import POSITION_OFFSET
 from bart_tf.cache import KVCache, reorder_cache  # noqa: F401  (re-exported)
 from bart_tf.generation import CausalGenerationMixin, GenerationMixin
@@ -29,6 +28,7 @@ from bart_tf.inputs import _check_ids, check_call
 from bart_tf.io import PretrainedMixin
 from bart_tf.keras_model import KerasModelMixin
 from bart_tf.kernels import BartLayerNorm, BartLinear, matmul_2d, mixed_matmul
+from bart_tf.losses import classification_loss, lm_loss
 from bart_tf.surface import ModelSurfaceMixin
 from bart_tf.training import KerasTrainingMixin
 
@@ -530,15 +530,6 @@ class BartDecoderWrapper(keras.layers.Layer):
 
 
 # ============================================================ 9. heads
-def lm_loss(logits, labels):
-    """Mean cross-entropy over labels != -100. logits (B, T, V) float32, labels (B, T) -> scalar."""
-    labels = tf.cast(labels, tf.int32)
-    keep = labels != -100
-    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(keep, labels, 0), logits=logits)  # (B, T)
-    keep = tf.cast(keep, nll.dtype)
-    return tf.reduce_sum(nll * keep) / tf.reduce_sum(keep)
-
-
 def _seq2seq_fields(out: O.Seq2SeqModelOutput) -> dict:
     return {k: getattr(out, k) for k in ("past_key_values", "decoder_hidden_states", "decoder_attentions",
                                           "cross_attentions", "encoder_last_hidden_state",
@@ -725,24 +716,8 @@ class BartForSequenceClassification(BartPreTrainedModel):
         last_eos = t - 1 - tf.argmax(tf.reverse(tf.cast(eos, tf.int32), [1]), axis=1, output_type=tf.int32)
         sentence = tf.gather(hidden, last_eos, batch_dims=1)                         # (B, D)
         logits = tf.cast(self.classification_head(sentence, training=training), tf.float32)  # (B, num_labels)
-        loss = None if labels is None else self._classification_loss(logits, labels)
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
         return self._result(O.Seq2SeqSequenceClassifierOutput(loss=loss, logits=logits, **_seq2seq_fields(out)), rd)
-
-    def _classification_loss(self, logits, labels):
-        n = self.config.num_labels
-        labels = tf.convert_to_tensor(labels)
-        problem = classification_problem_type(self.config, labels.dtype.is_integer)  # per call; config untouched
-        if problem == "regression":
-            labels = tf.cast(labels, tf.float32)
-            if n == 1:
-                return tf.reduce_mean(tf.square(tf.squeeze(logits) - tf.squeeze(labels)))
-            return tf.reduce_mean(tf.square(logits - labels))
-        if problem == "single_label_classification":
-            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=tf.reshape(tf.cast(labels, tf.int32), [-1]), logits=tf.reshape(logits, [-1, n])))
-        return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(labels, tf.float32),
-                                                                      logits=logits))
-
 
 @keras.saving.register_keras_serializable(package="bart3")
 class BartForQuestionAnswering(BartPreTrainedModel):

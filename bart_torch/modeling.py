@@ -23,7 +23,6 @@ import copy
 import math
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,13 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from bart_core.config import BartConfig
 from bart_core.generation import GENERATIVE_HEADS, default_generation_config
-from bart_core.inputs import (
-    VALUE_CHECKED,
-    TensorInfo,
-    check_model_inputs,
-    check_token_ids,
-    classification_problem_type,
-)
+from bart_core.inputs import classification_problem_type
 from bart_core.names import POSITION_OFFSET
 from bart_core.outputs import (
     BaseModelOutput,
@@ -51,6 +44,8 @@ from bart_core.outputs import (
 )
 from bart_torch import kernels
 from bart_torch.cache import KVCache, as_cache, reorder_cache  # noqa: F401  (re-exported)
+from bart_torch.inputs import _check_ids, check_inputs
+from bart_torch.kernels import _is_tracing
 from bart_torch.packed import PackedRows
 
 # ============================================================================ 1. activations and mask helpers
@@ -86,37 +81,6 @@ def attention_bias(mask: Optional[torch.Tensor], dtype: torch.dtype = torch.floa
         return None
     zero = torch.zeros((), dtype=dtype, device=mask.device)
     return torch.where(mask, zero, torch.finfo(dtype).min)
-
-
-def _is_tracing() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-
-
-def _check_ids(ids: Optional[torch.Tensor], config: BartConfig, name: str, past_length: int = 0) -> None:
-    if ids is not None and not _is_tracing():
-        check_token_ids(ids.detach().cpu().numpy(), config, name, past_length)
-
-
-def _tensor_info(x, values: bool) -> TensorInfo:
-    if not isinstance(x, torch.Tensor):  # generate also takes lists and numpy arrays
-        x = np.asarray(x)
-        return TensorInfo(x.shape, x.dtype.name, x if values and x.dtype.kind in "iu" else None)
-    integer = not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
-    return TensorInfo(tuple(x.shape), str(x.dtype).removeprefix("torch."),
-                      x.detach().cpu().numpy() if values and integer else None)
-
-
-def check_inputs(config: BartConfig, causal: bool = False, past_key_values=None, **args) -> None:
-    """``bart_core.inputs.check_model_inputs`` on the arguments given, once per entry point (forward, generate);
-    skipped under torch.jit / torch.compile tracing."""
-    if _is_tracing():
-        return
-    encoder = args.pop("encoder_outputs", None)
-    if encoder is not None:
-        args["encoder_outputs"] = encoder[0] if isinstance(encoder, (tuple, list, BaseModelOutput)) else encoder
-    past = 0 if past_key_values is None else as_cache(past_key_values).index
-    check_model_inputs(config, {k: _tensor_info(v, k in VALUE_CHECKED) for k, v in args.items() if v is not None},
-                       causal, past_key_values is not None, past)
 
 
 def _all_true(mask: Optional[torch.Tensor]) -> bool:
