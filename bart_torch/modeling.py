@@ -29,8 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bart_core.config import BartConfig
-from bart_core.generation import GENERATIVE_HEADS, default_generation_config
-from bart_core.inputs import classification_problem_type
+from bart_core.generation import default_generation_config
 from bart_core.names import POSITION_OFFSET
 from bart_core.outputs import (
     BaseModelOutput,
@@ -46,7 +45,9 @@ from bart_torch import kernels
 from bart_torch.cache import KVCache, as_cache, reorder_cache  # noqa: F401  (re-exported)
 from bart_torch.inputs import _check_ids, check_inputs
 from bart_torch.kernels import _is_tracing
+from bart_torch.losses import classification_loss, lm_loss
 from bart_torch.packed import PackedRows
+from bart_torch.surface import ModelSurfaceMixin
 
 # ============================================================================ 1. activations and mask helpers
 
@@ -441,7 +442,7 @@ def _init_weights(module: nn.Module, std: float) -> None:
         nn.init.zeros_(module.bias)
 
 
-class BartPreTrainedModel(nn.Module):
+class BartPreTrainedModel(ModelSurfaceMixin, nn.Module):
     """Shared behaviour of the five classes: init, IO, embeddings, gradient checkpointing, generation."""
 
     head = "base"
@@ -465,92 +466,6 @@ class BartPreTrainedModel(nn.Module):
         if lm_head is not None and self.config.tie_word_embeddings:
             lm_head.weight = self.get_input_embeddings().weight
 
-    # ------------------------------------------------------------------ embeddings
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.base_model.shared
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        """Use ``value`` as the token embedding (encoder and decoder share it); a tied ``lm_head`` follows."""
-        self._set_input_embeddings(value)
-        self.tie_weights()
-
-    def get_output_embeddings(self) -> Optional[nn.Linear]:
-        """The LM head (``None`` for the heads without one, as the reference)."""
-        return getattr(self, "lm_head", None)
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
-    def get_encoder(self) -> Optional["BartEncoder"]:
-        base = self.base_model
-        return getattr(base, "encoder", None)
-
-    def get_decoder(self) -> "BartDecoder":
-        return self.base_model.decoder
-
-    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
-        """Number of parameters (shared tensors counted once), as the reference's ``num_parameters``."""
-        skip = set()
-        if exclude_embeddings:
-            skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
-        return sum(p.numel() for p in self.parameters()
-                   if id(p) not in skip and (p.requires_grad or not only_trainable))
-
-    @classmethod
-    def can_generate(cls) -> bool:
-        """True for the heads with ``generate`` (conditional generation, causal LM)."""
-        return cls.head in GENERATIVE_HEADS
-
-    @property
-    def dummy_inputs(self) -> dict:
-        """A small batch the model accepts, as the reference's ``dummy_inputs``."""
-        pad = self.config.pad_token_id
-        ids = torch.tensor([[0, 6, 10, 4, 2], [0, 8, 12, 2, pad]], device=self.device)
-        ids = ids.clamp(max=self.config.vocab_size - 1)
-        return {"attention_mask": ids.ne(pad), "input_ids": ids}
-
-    @property
-    def base_model(self) -> "BartModel":
-        return self if isinstance(self, BartModel) else self.model
-
-    def _set_input_embeddings(self, emb: nn.Embedding) -> None:
-        base = self.base_model
-        base.shared = emb
-        base.encoder.embed_tokens = emb
-        base.decoder.embed_tokens = emb
-
-    def resize_token_embeddings(self, new_num_tokens: int) -> nn.Embedding:
-        """Resize the vocabulary to ``new_num_tokens`` rows: kept rows are copied, new rows are the mean of the
-        old embeddings; the untied ``lm_head`` and ``final_logits_bias`` (new entries zero) follow."""
-        old = self.get_input_embeddings()
-        if new_num_tokens == old.num_embeddings:
-            return old
-        n_keep = min(new_num_tokens, old.num_embeddings)
-        new = BartScaledWordEmbedding(new_num_tokens, old.embedding_dim, old.padding_idx, old.embed_scale)
-        new.to(device=old.weight.device, dtype=old.weight.dtype)
-        with torch.no_grad():
-            new.weight[:n_keep] = old.weight[:n_keep]
-            new.weight[n_keep:] = old.weight.mean(0)
-        self._set_input_embeddings(new)
-        lm_head = getattr(self, "lm_head", None)
-        if lm_head is not None and not self.config.tie_word_embeddings:
-            head = nn.Linear(lm_head.in_features, new_num_tokens, bias=False).to(lm_head.weight.device,
-                                                                                lm_head.weight.dtype)
-            with torch.no_grad():
-                head.weight[:n_keep] = lm_head.weight[:n_keep]
-                head.weight[n_keep:] = lm_head.weight.mean(0)
-            self.lm_head = head
-        elif lm_head is not None:
-            lm_head.out_features = new_num_tokens  # its weight is re-tied below
-        if hasattr(self, "final_logits_bias"):
-            bias = self.final_logits_bias
-            new_bias = bias.new_zeros((1, new_num_tokens))
-            new_bias[:, :n_keep] = bias[:, :n_keep]
-            self.register_buffer("final_logits_bias", new_bias)
-        self.config.vocab_size = new_num_tokens
-        self.tie_weights()
-        return new
-
     # ------------------------------------------------------------------ training helpers
     def gradient_checkpointing_enable(self) -> None:
         for m in self.modules():
@@ -562,42 +477,9 @@ class BartPreTrainedModel(nn.Module):
             if isinstance(m, _GradientCheckpointing):
                 m.gradient_checkpointing = False
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    # ------------------------------------------------------------------ IO (io.py) and decoding (generation.py)
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path=None, *model_args, **kwargs):
-        """Load a checkpoint folder or hub id; keywords as the reference (see ``bart_torch.io.from_pretrained``)."""
-        from bart_torch.io import from_pretrained
-        return from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs)
-
-    def save_pretrained(self, save_directory, **kwargs):
-        """Save atomically in the reference layout (see ``bart_torch.io.save_pretrained``)."""
-        from bart_torch.io import save_pretrained
-        return save_pretrained(self, save_directory, **kwargs)
-
-    def numpy_state_dict(self) -> dict:
-        from bart_torch.io import numpy_state_dict
-        return numpy_state_dict(self)
-
-    def load_numpy_state_dict(self, state) -> None:
-        from bart_torch.io import load_numpy_state_dict
-        load_numpy_state_dict(self, state)
-
     def _check_generate_inputs(self, **args) -> None:
         """``generate``'s input check (``check_inputs`` for this head), so that decoding imports nothing from here."""
         check_inputs(self.config, self.head == "causal_lm", **args)
-
-    def quantize_dynamic_int8(self):
-        """A copy with int8 dynamically quantized ``nn.Linear`` layers (CPU inference)."""
-        from bart_torch.quantize import quantize_dynamic_int8
-        return quantize_dynamic_int8(self)
 
 
 class BartModel(BartPreTrainedModel):
@@ -708,9 +590,7 @@ class BartForConditionalGeneration(BartPreTrainedModel):
                          decoder_head_mask, cross_attn_head_mask, encoder_outputs, past_key_values, inputs_embeds,
                          decoder_inputs_embeds, use_cache, output_attentions, output_hidden_states, return_dict=True)
         logits = self.logits(out.last_hidden_state)  # (B, T, V)
-        loss = None
-        if labels is not None:  # mean cross-entropy over labels != -100
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
+        loss = None if labels is None else lm_loss(logits, labels)  # mean cross-entropy over labels != -100
         return _result(Seq2SeqLMOutput(loss=loss, logits=logits, **_seq2seq_fields(out)),
                        output_flags(self.config, return_dict=return_dict)[2])
 
@@ -773,17 +653,7 @@ class BartForSequenceClassification(BartPreTrainedModel):
                              f"{eos.shape[1]}) to pool at the last eos; leave decoder_input_ids unset")
         pooled = hidden[eos].view(hidden.shape[0], -1, hidden.shape[-1])[:, -1, :]  # (B, D) at the last eos
         logits = self.classification_head(pooled)  # (B, num_labels)
-        loss = None
-        if labels is not None:
-            integer = not labels.is_floating_point() and labels.dtype != torch.bool
-            kind = classification_problem_type(self.config, integer)  # per call; the config is never written
-            if kind == "regression":
-                loss = F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype)) \
-                    if self.config.num_labels == 1 else F.mse_loss(logits, labels.to(logits.dtype))
-            elif kind == "single_label_classification":
-                loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
-            else:
-                loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        loss = None if labels is None else classification_loss(logits, labels, self.config)
         return _result(Seq2SeqSequenceClassifierOutput(loss=loss, logits=logits, **_seq2seq_fields(out)),
                        output_flags(self.config, return_dict=return_dict)[2])
 
@@ -877,9 +747,8 @@ class BartForCausalLM(BartPreTrainedModel):
                                  inputs_embeds=inputs_embeds, use_cache=use_cache,
                                  output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         logits = self.lm_head(out.last_hidden_state)  # (B, T, V)
-        loss = None
-        if labels is not None:  # as the reference: labels are aligned with the logits (no shift), -100 ignored
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
+        # as the reference: labels are aligned with the logits (no shift), -100 ignored
+        loss = None if labels is None else lm_loss(logits, labels)
         return _result(CausalLMOutputWithCrossAttentions(
             loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states,
             attentions=out.attentions, cross_attentions=out.cross_attentions), return_dict)
