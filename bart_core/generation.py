@@ -565,6 +565,40 @@ def step_outputs_layout(outputs: Any, steps: int, prompt: int, causal: bool) -> 
     return out
 
 
+def crop_result(result: SearchResult, prompt: int, map_structure) -> SearchResult:
+    """Cut the static buffers of a compiled loop to what was used (eager only: needs the values). ``map_structure``
+    is the framework's tree map (``jax.tree_util.tree_map``, ``tf.nest.map_structure``)."""
+    length, steps = int(result.length), int(result.steps)
+    return result._replace(
+        sequences=result.sequences[:, :length], length=length, steps=steps,
+        scores=None if result.scores is None else result.scores[:steps],
+        beam_indices=None if result.beam_indices is None else result.beam_indices[:, :length - prompt],
+        step_outputs=map_structure(lambda x: x[:steps], result.step_outputs) if result.step_outputs else None)
+
+
+def generate_output(result: SearchResult, encoder_fields: tuple, gen: GenerationConfig, prompt: int, causal: bool,
+                    eager: bool, unstack) -> Any:
+    """The reference's ``GenerateOutput`` of a compiled loop's result: per-step values as a tuple per step (eager,
+    ``unstack`` splits a leading step axis), or stacked on that axis (traced inside an outer ``jax.jit`` /
+    ``tf.function``, where the number of steps is not known). ``encoder_fields``: (attentions, hidden states) of
+    the encoder, or Nones."""
+    from bart_core.outputs import GenerateOutput
+
+    def per_step(x):
+        return x if x is None or not eager else unstack(x)
+    out = GenerateOutput(sequences=result.sequences, scores=per_step(result.scores),
+                         sequences_scores=result.sequences_scores if gen.output_scores else None,
+                         beam_indices=result.beam_indices)
+    if result.step_outputs:
+        fields = step_outputs_layout(result.step_outputs, result.steps, prompt, causal) if eager else \
+            result.step_outputs
+        for name, value in fields.items():
+            setattr(out, name, value)
+    if not causal:
+        out.encoder_attentions, out.encoder_hidden_states = encoder_fields
+    return out
+
+
 def network_step_outputs(gen: GenerationConfig, prompt: int, backend: str) -> None:
     """Compiled loops keep the network's per-step attentions and hidden states in buffers of one shape per step, so
     the first step must feed one token as the later ones: refuse ``output_attentions`` / ``output_hidden_states``

@@ -39,16 +39,17 @@ from bart_core.generation import (
     bad_word_sequences,
     bound_length,
     check_generate_source,
+    crop_result,
     decoder_prompt,
+    generate_output,
     length_normalizers,
     network_step_outputs,
     num_candidates,
     resolve_generation_config,
     resolve_lengths,
-    step_outputs_layout,
 )
 from bart_core.inputs import check_unpadded_prompt, infer_attention_mask
-from bart_core.outputs import FlaxBeamSearchOutput, FlaxGreedySearchOutput, FlaxSampleOutput, GenerateOutput
+from bart_core.outputs import FlaxBeamSearchOutput, FlaxGreedySearchOutput, FlaxSampleOutput
 from bart_flax.cache import reorder_cache
 
 NEG_INF = -jnp.inf
@@ -572,41 +573,11 @@ def generate(model, input_ids=None, attention_mask=None, params=None, prng_key=N
     result, encoder_out = _compiled(model, static)(model.params if params is None else params, input_ids,
                                                    attention_mask, prng_key, prefix, inputs_embeds)
     if eager:
-        result = _crop(result, prompt)
+        result = crop_result(result, prompt, jax.tree_util.tree_map)
     if not gen.return_dict_in_generate:  # the reference's Flax outputs (which also read as the id array)
         if gen.num_beams > 1:
             return FlaxBeamSearchOutput(sequences=result.sequences, scores=result.sequences_scores)
         return (FlaxSampleOutput if gen.do_sample else FlaxGreedySearchOutput)(sequences=result.sequences)
-    return _generate_output(result, encoder_out, gen, prompt, causal, eager)
-
-
-def _crop(result: SearchResult, prompt: int) -> SearchResult:
-    """Cut the static buffers of the compiled loop to what was used (eager only: needs the values)."""
-    length, steps = int(result.length), int(result.steps)
-    return result._replace(
-        sequences=result.sequences[:, :length], length=length, steps=steps,
-        scores=None if result.scores is None else result.scores[:steps],
-        beam_indices=None if result.beam_indices is None else result.beam_indices[:, :length - prompt],
-        step_outputs=jax.tree_util.tree_map(lambda x: x[:steps], result.step_outputs))
-
-
-def _generate_output(result: SearchResult, encoder_out, gen: GenerationConfig, prompt: int, causal: bool,
-                     eager: bool) -> GenerateOutput:
-    """The reference's record: per-step values as a tuple per step (eager), or stacked on a leading step axis
-    (under an outer ``jax.jit``, where the number of steps is not known)."""
-    def per_step(x):
-        return x if x is None or not eager else tuple(x)
-    out = GenerateOutput(sequences=result.sequences, scores=per_step(result.scores),
-                         sequences_scores=result.sequences_scores if gen.output_scores else None,
-                         beam_indices=result.beam_indices)
-    if result.step_outputs:
-        fields = step_outputs_layout(result.step_outputs, result.steps, prompt, causal) if eager else \
-            result.step_outputs
-        for name, value in fields.items():
-            setattr(out, name, value)
-    if not causal:
-        if gen.output_attentions:
-            out.encoder_attentions = encoder_out.attentions
-        if gen.output_hidden_states:
-            out.encoder_hidden_states = encoder_out.hidden_states
-    return out
+    encoder_fields = (encoder_out.attentions if gen.output_attentions and not causal else None,
+                      encoder_out.hidden_states if gen.output_hidden_states and not causal else None)
+    return generate_output(result, encoder_fields, gen, prompt, causal, eager, tuple)

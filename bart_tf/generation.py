@@ -33,16 +33,16 @@ from bart_core.generation import (
     bad_word_sequences,
     bound_length,
     check_generate_source,
+    crop_result,
     decoder_prompt,
+    generate_output,
     length_normalizers,
     network_step_outputs,
     num_candidates,
     resolve_generation_config,
     resolve_lengths,
-    step_outputs_layout,
 )
 from bart_core.inputs import check_unpadded_prompt, infer_attention_mask
-from bart_core.outputs import GenerateOutput
 from bart_tf.cache import reorder_cache, split_cache
 
 NEG_INF = float("-inf")
@@ -641,39 +641,10 @@ class GenerationMixin:
                                                          run_eagerly=run_eagerly, prefix=prefix,
                                                          inputs_embeds=inputs_embeds)
         if eager:
-            result = _crop(result, prompt)
+            result = crop_result(result, prompt, tf.nest.map_structure)
         if not gen.return_dict_in_generate:
             return result.sequences
-        return _generate_output(result, encoder_fields, gen, prompt, causal, eager)
-
-
-def _crop(result: SearchResult, prompt: int) -> SearchResult:
-    """Cut the static buffers of a compiled loop to what was used (eager only: needs the values)."""
-    length, steps = int(result.length), int(result.steps)
-    return result._replace(
-        sequences=result.sequences[:, :length], length=length, steps=steps,
-        scores=None if result.scores is None else result.scores[:steps],
-        beam_indices=None if result.beam_indices is None else result.beam_indices[:, :length - prompt],
-        step_outputs=tf.nest.map_structure(lambda x: x[:steps], result.step_outputs) if result.step_outputs else None)
-
-
-def _generate_output(result: SearchResult, encoder_fields: tuple, gen: GenerationConfig, prompt: int, causal: bool,
-                     eager: bool) -> GenerateOutput:
-    """The reference's record: per-step values as a tuple per step (eager), or stacked on a leading step axis
-    (traced inside an outer ``tf.function``, where the number of steps is not known)."""
-    def per_step(x):
-        return x if x is None or not eager else tuple(tf.unstack(x))
-    out = GenerateOutput(sequences=result.sequences, scores=per_step(result.scores),
-                         sequences_scores=result.sequences_scores if gen.output_scores else None,
-                         beam_indices=result.beam_indices)
-    if result.step_outputs:
-        fields = step_outputs_layout(result.step_outputs, result.steps, prompt, causal) if eager else \
-            result.step_outputs
-        for name, value in fields.items():
-            setattr(out, name, value)
-    if not causal:
-        out.encoder_attentions, out.encoder_hidden_states = encoder_fields
-    return out
+        return generate_output(result, encoder_fields, gen, prompt, causal, eager, lambda x: tuple(tf.unstack(x)))
 
 
 class CausalGenerationMixin(GenerationMixin):
