@@ -542,26 +542,42 @@ class SearchResult(NamedTuple):
     #                                from, -1 after the hypothesis ended
     step_outputs: Any = None       # what the step function returned beside logits and cache, per step (stacked
     #                                on a leading step axis; torch: a tuple per step)
+    prompt_outputs: Any = None     # compiled loops, decoder prompt of L0 > 1 tokens: the step outputs of the
+    #                                prefill of its first L0 - 1 tokens (the reference's first step sees all L0)
 
 
-def step_outputs_layout(outputs: Any, steps: int, prompt: int, causal: bool) -> dict:
+def step_outputs_layout(outputs: Any, steps: int, prompt: int, causal: bool, prompt_outputs: Any = None,
+                        concat: Any = None) -> dict:
     """Per-step network outputs (``SearchResult.step_outputs``: a mapping of ``logits`` (steps, N, V),
     ``self_attentions`` / ``cross_attentions`` / ``hidden_states``: per layer (steps, N, H, 1, capacity) /
-    (steps, N, H, 1, S) / (steps, N, 1, D), numpy) -> the reference's ``GenerateOutput`` fields: a tuple per step,
-    of a tuple per layer; self-attentions cut to the keys filled at that step (``prompt + i`` at step ``i``)."""
+    (steps, N, H, 1, S) / (steps, N, 1, D)) -> the reference's ``GenerateOutput`` fields: a tuple per step, of a
+    tuple per layer; self-attentions cut to the keys filled at that step (``prompt + i`` at step ``i``).
+
+    With a decoder prompt of L0 > 1 tokens the reference's first step runs all of them; the compiled loops prefill
+    the first L0 - 1 (``prompt_outputs``: per layer (N, H, L0 - 1, capacity) / (N, H, L0 - 1, S) / (N, L0 - 1, D))
+    and feed the last one at step 0, so the first step's values are the two joined on the query (time) axis with
+    the framework's ``concat(values, axis)``: causal masking gives the prefill's queries no weight on the last key,
+    as in the reference's single pass."""
+    def first_step(name: str, i: int, layer: int, value: Any, axis: int) -> Any:
+        if i or not prompt_outputs or name not in prompt_outputs:
+            return value
+        before = prompt_outputs[name][layer]
+        return concat([before[..., :value.shape[-1]] if name == "self_attentions" else before, value], axis)
+
+    def per_step(name: str, axis: int, keys=None) -> tuple:
+        return tuple(tuple(first_step(name, i, j, layer[i] if keys is None else layer[i][..., :keys(i)], axis)
+                           for j, layer in enumerate(outputs[name])) for i in range(steps))
+
     out: dict = {}
     if "logits" in outputs:
         out["logits"] = tuple(outputs["logits"][i] for i in range(steps))
     if "self_attentions" in outputs:
-        attn = tuple(tuple(layer[i][..., :prompt + i] for layer in outputs["self_attentions"])
-                     for i in range(steps))
-        out["attentions" if causal else "decoder_attentions"] = attn
+        out["attentions" if causal else "decoder_attentions"] = per_step("self_attentions", 2,
+                                                                         lambda i: prompt + i)
         if not causal:
-            out["cross_attentions"] = tuple(tuple(layer[i] for layer in outputs["cross_attentions"])
-                                            for i in range(steps))
+            out["cross_attentions"] = per_step("cross_attentions", 2)
     if "hidden_states" in outputs:
-        out["hidden_states" if causal else "decoder_hidden_states"] = tuple(
-            tuple(layer[i] for layer in outputs["hidden_states"]) for i in range(steps))
+        out["hidden_states" if causal else "decoder_hidden_states"] = per_step("hidden_states", 1)
     return out
 
 
@@ -577,7 +593,7 @@ def crop_result(result: SearchResult, prompt: int, map_structure) -> SearchResul
 
 
 def generate_output(result: SearchResult, encoder_fields: tuple, gen: GenerationConfig, prompt: int, causal: bool,
-                    eager: bool, unstack) -> Any:
+                    eager: bool, unstack, concat) -> Any:
     """The reference's ``GenerateOutput`` of a compiled loop's result: per-step values as a tuple per step (eager,
     ``unstack`` splits a leading step axis), or stacked on that axis (traced inside an outer ``jax.jit`` /
     ``tf.function``, where the number of steps is not known). ``encoder_fields``: (attentions, hidden states) of
@@ -590,8 +606,8 @@ def generate_output(result: SearchResult, encoder_fields: tuple, gen: Generation
                          sequences_scores=result.sequences_scores if gen.output_scores else None,
                          beam_indices=result.beam_indices)
     if result.step_outputs:
-        fields = step_outputs_layout(result.step_outputs, result.steps, prompt, causal) if eager else \
-            result.step_outputs
+        fields = step_outputs_layout(result.step_outputs, result.steps, prompt, causal, result.prompt_outputs,
+                                     concat) if eager else result.step_outputs
         for name, value in fields.items():
             setattr(out, name, value)
     if not causal:
@@ -599,14 +615,16 @@ def generate_output(result: SearchResult, encoder_fields: tuple, gen: Generation
     return out
 
 
-def network_step_outputs(gen: GenerationConfig, prompt: int, backend: str) -> None:
-    """Compiled loops keep the network's per-step attentions and hidden states in buffers of one shape per step, so
-    the first step must feed one token as the later ones: refuse ``output_attentions`` / ``output_hidden_states``
-    when the decoder prompt is longer (a ``decoder_input_ids`` prefix, a causal-LM prompt)."""
-    if prompt > 1 and (gen.output_attentions or gen.output_hidden_states):
+def network_step_outputs(gen: GenerationConfig, prompt: int, backend: str, eager: bool) -> None:
+    """Compiled loops keep the network's per-step attentions and hidden states in buffers of one shape per step; a
+    decoder prompt longer than one token (a ``decoder_input_ids`` prefix, a causal-LM prompt) gives the first step
+    another shape, joined after the loop (``step_outputs_layout``). Traced inside an outer ``jax.jit`` /
+    ``tf.function`` the values stay stacked, so there ``output_attentions`` / ``output_hidden_states`` with such a
+    prompt are refused."""
+    if not eager and prompt > 1 and (gen.output_attentions or gen.output_hidden_states):
         raise ValueError(f"generate(output_attentions / output_hidden_states=True) with a decoder prompt of {prompt} "
-                         f"tokens is not supported by the {backend} backend (its first step would return outputs of "
-                         f"another shape); bart_torch has it")
+                         f"tokens inside a traced {backend} function: the per-step values are stacked there and "
+                         "the first step's have another shape; call generate outside it")
 
 
 def bad_word_sequences(gen: GenerationConfig) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]:

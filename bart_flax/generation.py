@@ -505,13 +505,16 @@ def _program(model, gen: GenerationConfig, params, input_ids, attention_mask, rn
             outputs["hidden_states"] = dec.hidden_states
         return logits, dec.past_key_values, outputs
 
+    prompt_outputs = None
     if start.shape[1] > 1:
-        cache = step(start[:, :-1], cache)[1]                                  # prompt positions 0..L0-2
+        _, cache, prompt_outputs = step(start[:, :-1], cache)                  # prompt positions 0..L0-2
     if gen.num_beams > 1 and gen.num_beam_groups > 1:
-        return group_beam_search(step, reorder_cache, cache, start, gen), encoder_out
-    if gen.num_beams > 1:
-        return beam_search(step, reorder_cache, cache, start, gen, rng), encoder_out
-    return sample_search(step, cache, start, gen, rng), encoder_out
+        result = group_beam_search(step, reorder_cache, cache, start, gen)
+    elif gen.num_beams > 1:
+        result = beam_search(step, reorder_cache, cache, start, gen, rng)
+    else:
+        result = sample_search(step, cache, start, gen, rng)
+    return result._replace(prompt_outputs=prompt_outputs or None), encoder_out
 
 
 def _compiled(model, gen: GenerationConfig):
@@ -532,8 +535,8 @@ def generate(model, input_ids=None, attention_mask=None, params=None, prng_key=N
     outer ``jax.jit``), is the decoder sequence to continue (start token put in front when no row begins with
     it). ``return_dict_in_generate=True`` gives ``GenerateOutput`` with the reference's fields (``scores``,
     ``logits``, ``beam_indices``, ``sequences_scores``, encoder attentions / hidden states and the decoder's per
-    step; ``output_attentions`` / ``output_hidden_states`` with a one-token decoder prompt: the compiled loop
-    keeps them in buffers of one shape per step)."""
+    step; the compiled loop keeps them in buffers of one shape per step, and after a longer decoder prompt joins
+    the prefill's values to the first step's, so inside an outer ``jax.jit`` that case is refused)."""
     gen = resolve_generation_config(getattr(model, "generation_config", None), generation_config, options,
                                     model.config)
     causal = model.head == "causal_lm"
@@ -558,7 +561,7 @@ def generate(model, input_ids=None, attention_mask=None, params=None, prng_key=N
     prompt = jnp.shape(input_ids)[1] if causal else (1 if prefix is None else prefix.shape[1])
     gen = resolve_lengths(gen, prompt, options.get("max_length") is not None,
                           model.config.max_position_embeddings)
-    network_step_outputs(gen, prompt, "Flax")
+    network_step_outputs(gen, prompt, "Flax", eager)
     batch_shape = jnp.shape(source)[:2]
     if input_ids is not None:
         input_ids = jnp.asarray(input_ids, jnp.int32)
@@ -580,4 +583,4 @@ def generate(model, input_ids=None, attention_mask=None, params=None, prng_key=N
         return (FlaxSampleOutput if gen.do_sample else FlaxGreedySearchOutput)(sequences=result.sequences)
     encoder_fields = (encoder_out.attentions if gen.output_attentions and not causal else None,
                       encoder_out.hidden_states if gen.output_hidden_states and not causal else None)
-    return generate_output(result, encoder_fields, gen, prompt, causal, eager, tuple)
+    return generate_output(result, encoder_fields, gen, prompt, causal, eager, tuple, jnp.concatenate)

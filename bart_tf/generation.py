@@ -556,8 +556,9 @@ class GenerationMixin:
             return logits, split_cache(cache)[0], outputs
 
         prompt = _prompt_length(start)
+        prompt_outputs = None
         if prompt > 1:  # prefill all prompt tokens but the last, which the loop's first step feeds
-            loop_cache = step(start[:, :-1], loop_cache)[1]
+            _, loop_cache, prompt_outputs = step(start[:, :-1], loop_cache)
         buffers = self._step_buffers(gen, gen.total_max_length - prompt)
         if gen.num_beams > 1 and gen.num_beam_groups > 1:
             result = group_beam_search(step, reorder_cache, loop_cache, start, gen, buffers)
@@ -566,7 +567,7 @@ class GenerationMixin:
         else:
             result = sample_search(step, loop_cache, start, gen, seed, buffers)
         encoder_fields = (None, None) if encoder_out is None else (encoder_out.attentions, encoder_out.hidden_states)
-        return result, encoder_fields
+        return result._replace(prompt_outputs=prompt_outputs or None), encoder_fields
 
     def _compiled_generate(self, gen: GenerationConfig, jit_compile: bool):
         """One tf.function per (model, options, mode); it retraces per input shape."""
@@ -598,8 +599,8 @@ class GenerationMixin:
         the decoder sequence to continue (start token put in front when no row begins with it).
         ``return_dict_in_generate=True`` gives ``GenerateOutput`` with the reference's fields: ``scores``,
         ``logits``, ``beam_indices``, ``sequences_scores``, encoder attentions / hidden states and the decoder's per
-        step (``output_attentions`` / ``output_hidden_states`` with a one-token decoder prompt: kept in buffers of
-        one shape per step inside the loop).
+        step (kept in buffers of one shape per step inside the loop; after a longer decoder prompt the prefill's
+        values are joined to the first step's, so inside an outer ``tf.function`` that case is refused).
         """
         gen = resolve_generation_config(getattr(self, "generation_config", None), generation_config, options,
                                         self.config)
@@ -629,7 +630,7 @@ class GenerationMixin:
             attention_mask = tf.ones_like(input_ids) if attention_mask is None else tf.cast(attention_mask, tf.int32)
         gen = self._prepare_generation(gen, input_ids, attention_mask, options, prefix)
         prompt = _prompt_length(input_ids) if causal else (1 if prefix is None else int(prefix.shape[1]))
-        network_step_outputs(gen, prompt, "TensorFlow")
+        network_step_outputs(gen, prompt, "TensorFlow", eager)
         seed = gen.seed if gen.seed is not None else (np.random.randint(0, 2**31 - 1) if gen.do_sample else 0)
         seed = tf.constant([seed, 0], tf.int32)
         extra = {} if prefix is None and inputs_embeds is None else {"prefix": prefix, "embeds": inputs_embeds}
@@ -644,7 +645,8 @@ class GenerationMixin:
             result = crop_result(result, prompt, tf.nest.map_structure)
         if not gen.return_dict_in_generate:
             return result.sequences
-        return generate_output(result, encoder_fields, gen, prompt, causal, eager, lambda x: tuple(tf.unstack(x)))
+        return generate_output(result, encoder_fields, gen, prompt, causal, eager, lambda x: tuple(tf.unstack(x)),
+                               tf.concat)
 
 
 class CausalGenerationMixin(GenerationMixin):

@@ -204,23 +204,50 @@ def test_generate_step_outputs_match_reference(backend, reference_checkpoint, ca
 
 
 def test_generate_step_outputs_of_a_longer_prompt(backend, reference_checkpoint):
-    """Compiled loops keep per-step attentions / hidden states in buffers of one shape per step: with a decoder
-    prompt longer than one token (the causal LM's prompt) TF and Flax refuse them by name; logits are kept."""
+    """A decoder prompt longer than one token (the causal LM's prompt): the reference's first step runs the whole
+    prompt, so its attentions and hidden states span it. TF and Flax prefill all but the last prompt token and join
+    the prefill's values to their first step's; every backend matches the reference."""
     import torch
     path = reference_checkpoint("causal_lm", "gelu", seed=1, init_std=0.3)
     prompt = np.array([[0, 5, 9, 11], [0, 7, 8, 12]], np.int64)
     model = backend.from_pretrained("BartForCausalLM", path)
     ids = torch.from_numpy(prompt) if backend.name == "torch" else prompt
-    options = dict(max_new_tokens=4, return_dict_in_generate=True)
-    if backend.name != "torch":
-        with pytest.raises(ValueError, match="output_attentions / output_hidden_states"):
-            model.generate(ids, None, output_attentions=True, **options)
+    options = dict(max_new_tokens=4, return_dict_in_generate=True, output_logits=True, output_attentions=True,
+                   output_hidden_states=True)
     with torch.no_grad():
-        ref = _reference("causal_lm", path).generate(torch.from_numpy(prompt), output_logits=True, **options)
-    ours = model.generate(ids, None, output_logits=True, **options)
-    assert len(ours.logits) == len(ref.logits)
-    for a, b in zip(_leaves(ours.logits), _leaves(ref.logits)):
-        np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
+        ref = _reference("causal_lm", path).generate(torch.from_numpy(prompt), **options)
+    ours = model.generate(ids, None, **options)
+    assert ref.attentions[0][0].shape[-2:] == (4, 4)  # the first step spans the prompt
+    for key in ("logits", "attentions", "hidden_states"):
+        a, b = _leaves(getattr(ours, key)), _leaves(getattr(ref, key))
+        assert len(a) == len(b), key
+        for p, q in zip(a, b):
+            assert tuple(p.shape) == tuple(q.shape), (key, p.shape, q.shape)
+            np.testing.assert_allclose(p, q, atol=ATOL, rtol=0, err_msg=key)
+    if backend.name == "tf":
+        compiled = model.generate(ids, None, jit_compile=True, **options)
+        for a, b in zip(_leaves(compiled.attentions), _leaves(ref.attentions)):
+            np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
+
+
+def test_generate_step_outputs_after_a_decoder_prefix(backend, reference_checkpoint):
+    """decoder_input_ids (a prefix of three tokens) with every per-step output: equal to the reference's."""
+    import torch
+    path = _generation_checkpoint(reference_checkpoint, 2.5)
+    x = seeded_inputs(tiny_config(), seed=5)
+    prefix = np.tile(np.array([[2, 0, 7]], np.int64), (x["input_ids"].shape[0], 1))
+    prefix[1:, 2] = 9
+    options = {**STEP_OUTPUT_FLAGS, "max_new_tokens": 4}
+    with torch.no_grad():
+        ref = _reference("conditional_generation", path).generate(
+            torch.from_numpy(x["input_ids"]), attention_mask=torch.from_numpy(x["attention_mask"]),
+            decoder_input_ids=torch.from_numpy(prefix), **options)
+    model = backend.from_pretrained("BartForConditionalGeneration", path)
+    conv = torch.from_numpy if backend.name == "torch" else (lambda a: a)
+    ours = model.generate(conv(x["input_ids"]), conv(x["attention_mask"]), decoder_input_ids=conv(prefix),
+                          **options)
+    assert ref.decoder_attentions[0][0].shape[-2:] == (3, 3)
+    _assert_step_outputs_match(ours, ref)
 
 
 def test_saved_checkpoint_loads_in_reference(backend, reference_checkpoint, tmp_path):
