@@ -35,10 +35,13 @@ def encode_packed(encoder, input_ids: torch.Tensor, attention_mask: Optional[tor
                   output_attentions: bool = False, output_hidden_states: bool = False) -> BaseModelOutput:
     """``encoder(input_ids, attention_mask)`` (a ``BartEncoder``) with padded positions skipped and returned as
     zeros. Falls back to the plain call when there is nothing to skip or packing does not apply: training,
-    tracing, attention maps or hidden states requested, or a row without any token."""
+    tracing, attention maps or hidden states requested, a row without any token, or tensors off the CPU (the
+    row-by-row attention would launch kernels per row on an accelerator, and ``.tolist()`` of the lengths waits
+    for it; not measured on a GPU, so the padded encoder, the reference's, stays there)."""
     plain = dict(input_ids=input_ids, attention_mask=attention_mask, output_attentions=output_attentions,
                  output_hidden_states=output_hidden_states)
     if (attention_mask is None or output_attentions or output_hidden_states or encoder.training
+            or input_ids is None or input_ids.device.type != "cpu"
             or torch.jit.is_tracing() or torch.compiler.is_compiling()):
         return encoder(**plain)
     keep = attention_mask.bool()  # (B, S)
