@@ -89,7 +89,7 @@ class NoRepeatNGram(LogitsProcessor):
         grams = seqs.unfold(1, n, 1)  # (N, L - n + 1, n)
         prefix = seqs[:, length - n + 1:]  # (N, n - 1): the last n - 1 tokens
         hit = (grams[:, :, :n - 1] == prefix[:, None, :]).all(-1)  # (N, L - n + 1)
-        if not bool(hit.any()):
+        if scores.device.type == "cpu" and not bool(hit.any()):  # a shortcut where it costs no device wait
             return scores
         vocab = scores.shape[-1]
         banned = torch.zeros((scores.shape[0], vocab + 1), dtype=torch.bool, device=scores.device)
@@ -346,8 +346,10 @@ def beam_search(step: StepFn, reorder: Callable, cache, start: torch.Tensor, gen
                                                                  gen.length_penalty)
         worst_kept = torch.where(finished, beam_scores.min(dim=1, keepdim=True)[0], BEAM_FILL)
         improvable = improvable & (best_running > worst_kept).any(-1, keepdim=True)
-        stop = (cur_len >= max_length or not bool(improvable.any())
-                or (gen.early_stopping is True and bool(finished.all())) or bool(ends.all()))
+        done = ~improvable.any() | ends.all()
+        if gen.early_stopping is True:
+            done = done | finished.all()
+        stop = cur_len >= max_length or bool(done)  # one host synchronisation per step
     r = gen.num_return_sequences
     generated = int(finished_len[:, :r].max())
     return SearchResult(sequences[:, :r, :prompt + generated].reshape(b * r, prompt + generated), prompt + generated,
