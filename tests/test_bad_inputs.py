@@ -210,7 +210,7 @@ def test_valid_inputs_pass(backend_name: str, mode: str, head: str, call: str):
 def test_generate_checks_once_not_per_step(backend_name: str, monkeypatch):
     """The checks run at the entry of generate, not in the decoding loop (no per-token overhead)."""
     backend, model = _setup(backend_name, "seq2seq")
-    module = __import__(f"bart_{backend_name}.modeling", fromlist=["check_model_inputs"])
+    module = __import__(f"bart_{backend_name}.inputs", fromlist=["check_model_inputs"])  # the entry checks
     calls = []
 
     def counting(*args, **kwargs):
