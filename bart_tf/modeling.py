@@ -139,6 +139,21 @@ class BartLearnedPositionalEmbedding(keras.layers.Layer):
 
 
 # ============================================================ 3. attention
+def attend(q, k, v, mask, scaling, head_mask=None, dropout=None, dtype=tf.float32):
+    """q (B, H, T, hd), k/v (B, H, S, hd), mask bool (B | 1, 1, T | 1, S) or None (bool masks travel between
+    layers: Keras would autocast a float bias) -> out (B, H, T, hd) float32, probs (B, H, T, S) float32 (before
+    dropout). The two products run in ``dtype`` (``mixed_matmul``, T rows each); the float32 scores are multiplied
+    by ``scaling`` (head_dim ** -0.5), as in every backend; softmax in float32."""
+    t = q.shape[2]                                                 # rows of both products
+    scores = mixed_matmul(q, k, dtype, t, transpose_b=True) * scaling  # (B, H, T, S) float32
+    if mask is not None:
+        scores += attention_bias(mask)
+    probs = tf.nn.softmax(scores, axis=-1)
+    if head_mask is not None:
+        probs = probs * tf.reshape(tf.cast(head_mask, probs.dtype), [1, -1, 1, 1])
+    return mixed_matmul(probs if dropout is None else dropout(probs), v, dtype, t), probs  # (B, H, T, hd)
+
+
 class BartAttention(keras.layers.Layer):
     """Multi-head attention (self- or cross-): query/key/value/output projections, scores scaled by ``head_dim
     ** -0.5``, softmax in float32."""
@@ -185,16 +200,9 @@ class BartAttention(keras.layers.Layer):
                 start = [0, 0, cache_index, 0]
                 k = keras.ops.slice_update(cache[0], start, tf.cast(k, cache[0].dtype))
                 v = keras.ops.slice_update(cache[1], start, tf.cast(v, cache[1].dtype))
-        t = q.shape[2]                                             # rows of both products
-        scores = mixed_matmul(q, k, self.compute_dtype, t, transpose_b=True) * self.scaling  # (B, H, T, S) float32
-        if attn_mask is not None:  # bool masks travel between layers (Keras would autocast a float bias)
-            scores += attention_bias(attn_mask)
-        probs = tf.nn.softmax(scores, axis=-1)
-        if layer_head_mask is not None:
-            probs = probs * tf.reshape(tf.cast(layer_head_mask, probs.dtype), [1, -1, 1, 1])
+        dropout = (lambda p: _drop(self.dropout, p, True)) if training and self.dropout.rate > 0 else None
+        out, probs = attend(q, k, v, attn_mask, self.scaling, layer_head_mask, dropout, self.compute_dtype)
         weights = probs if output_attentions else None
-        probs = _drop(self.dropout, probs, training)
-        out = mixed_matmul(probs, v, self.compute_dtype, t)        # (B, H, T, hd) float32
         b, t = _dim(out, 0), _dim(out, 2)
         out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, self.dim])  # (B, T, D)
         return self.out_proj(out), weights, (k, v)
