@@ -32,6 +32,7 @@ import numpy as np
 
 from bart_core.config import CONFIG_NAME, BartConfig, ConfigError, read_json_object
 from bart_core.fileio import atomic_write_text
+from bart_core.outputs import GenerateOutput
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 REFERENCE_VERSION = "4.57.6"  # the transformers version whose generation rules (and file layout) we follow
@@ -598,8 +599,6 @@ def generate_output(result: SearchResult, encoder_fields: tuple, gen: Generation
     ``unstack`` splits a leading step axis), or stacked on that axis (traced inside an outer ``jax.jit`` /
     ``tf.function``, where the number of steps is not known). ``encoder_fields``: (attentions, hidden states) of
     the encoder, or Nones."""
-    from bart_core.outputs import GenerateOutput
-
     def per_step(x):
         return x if x is None or not eager else unstack(x)
     out = GenerateOutput(sequences=result.sequences, scores=per_step(result.scores),
