@@ -85,3 +85,19 @@ def reorder_cache(cache: KVCache, rows: torch.Tensor) -> KVCache:
     for buf in cache.self_k + cache.self_v:  # (N, H, capacity, hd)
         buf[:, :, :n] = buf[:, :, :n].index_select(0, rows)
     return KVCache(cache.self_k, cache.self_v, cache.cross_k, cache.cross_v, n)
+
+
+def select_rows(cache: KVCache, rows: torch.Tensor) -> KVCache:
+    """Dropping finished rows: a cache of the batch rows ``rows`` (K,) only, self- and cross-attention keys/values
+    alike, in new buffers of the same capacity (the filled positions are copied, the scratch space is not)."""
+    n = cache.index
+
+    def keep(buf: torch.Tensor) -> torch.Tensor:  # (N, H, capacity, hd) -> (K, H, capacity, hd)
+        out = buf.new_empty((rows.shape[0],) + tuple(buf.shape[1:]))
+        out[:, :, :n] = buf[:, :, :n].index_select(0, rows)
+        return out
+
+    cross = [(None, None) if ck is None else (ck.index_select(0, rows), cv.index_select(0, rows))
+             for ck, cv in zip(cache.cross_k, cache.cross_v)]
+    return KVCache([keep(b) for b in cache.self_k], [keep(b) for b in cache.self_v], [c[0] for c in cross],
+                   [c[1] for c in cross], n)

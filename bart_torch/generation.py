@@ -48,7 +48,7 @@ from bart_core.generation import (
 from bart_core.inputs import check_unpadded_prompt, infer_attention_mask
 from bart_core.outputs import BaseModelOutput, GenerateOutput
 from bart_torch import kernels
-from bart_torch.cache import KVCache, reorder_cache
+from bart_torch.cache import KVCache, reorder_cache, select_rows
 from bart_torch.packed import encode_packed
 
 NEG_INF = float("-inf")
@@ -218,22 +218,47 @@ def _apply(procs, seqs, scores):
 # ============================================================================ search loops
 
 
+# Dropping finished rows (eager arg-max and beam search): once enough rows of the batch have finished (an input's
+# every beam, for beam search), the loop goes on with the others only: ``keep_rows(cache, rows)`` (from
+# ``_generate``) keeps those rows of the cache, the encoder states and the encoder mask. The ids and scores are the
+# same as without dropping. Sampling keeps every row (fewer rows would change the random stream, and seeded ids
+# would no longer be the reference's), and so do per-step outputs (the reference returns every row at every step).
+DROP_FINISHED = True
+DROP_MIN_FRACTION = 0.125  # drop once this share of the batch (and at least one row) has finished; measured in
+                           # bench/bench_torch.py ("finished rows")
+
+
+def drops_finished(gen: GenerationConfig, cache) -> bool:
+    """Whether a search loop with these options drops finished rows."""
+    per_step = gen.output_scores or gen.output_logits or gen.output_attentions or gen.output_hidden_states
+    return DROP_FINISHED and cache is not None and not gen.do_sample and not per_step
+
+
+def worth_dropping(rows: int, left: int) -> bool:
+    """rows in the batch, left of them unfinished: is a copy of the cache worth it?"""
+    return rows - left >= max(1.0, rows * DROP_MIN_FRACTION)
+
+
 def sample_search(step: StepFn, cache, start: torch.Tensor, gen: GenerationConfig,
-                  rng: Optional[torch.Generator] = None) -> SearchResult:
-    """Arg-max, or sampling when ``gen.do_sample``, continuing start (N, L0); ``rng`` drives sampling."""
+                  rng: Optional[torch.Generator] = None, keep_rows: Optional[Callable] = None) -> SearchResult:
+    """Arg-max, or sampling when ``gen.do_sample``, continuing start (N, L0); ``rng`` drives sampling.
+    ``keep_rows(cache, rows) -> cache`` lets the loop drop finished rows (``drops_finished``)."""
     procs = build_processors(gen)
     n, cur_len = start.shape
     prompt, max_length = cur_len, gen.max_length
     eos, pad = gen.eos_token_id, gen.pad_token_id
     sequences = start.new_full((n, max_length), pad)  # (N, max_length), written in place
     sequences[:, :cur_len] = start
-    unfinished = torch.ones(n, dtype=torch.bool, device=start.device)  # (N,)
+    live = None  # (A,) the rows of sequences still in the batch; None: all N
+    unfinished = torch.ones(n, dtype=torch.bool, device=start.device)  # (A,)
+    drop = keep_rows is not None and drops_finished(gen, cache)
     scores, step_outputs = [], []
     tokens = start
     stop = False
     while not stop:
-        logits, cache, outputs = step(tokens, cache)  # (N, V)
-        step_scores = _apply(procs, sequences[:, :cur_len], logits.float())
+        logits, cache, outputs = step(tokens, cache)  # (A, V)
+        seqs = sequences[:, :cur_len] if live is None else sequences[live, :cur_len]  # (A, cur_len)
+        step_scores = _apply(procs, seqs, logits.float())
         if gen.output_scores:
             scores.append(step_scores)
         if outputs:
@@ -241,14 +266,26 @@ def sample_search(step: StepFn, cache, start: torch.Tensor, gen: GenerationConfi
         if gen.do_sample:
             next_tokens = torch.multinomial(F.softmax(step_scores, dim=-1), 1, generator=rng).squeeze(1)
         else:
-            next_tokens = step_scores.argmax(-1)  # (N,)
+            next_tokens = step_scores.argmax(-1)  # (A,)
         if eos is not None:
             next_tokens = torch.where(unfinished, next_tokens, pad)
             unfinished &= next_tokens != eos
-        sequences[:, cur_len] = next_tokens
+        if live is None:
+            sequences[:, cur_len] = next_tokens
+        else:
+            sequences[live, cur_len] = next_tokens
         cur_len += 1
-        stop = cur_len >= max_length or not bool(unfinished.any())
-        tokens = sequences[:, cur_len - 1:cur_len] if cache is not None else sequences[:, :cur_len]
+        left = int(unfinished.sum())  # one host synchronisation per step
+        stop = cur_len >= max_length or left == 0
+        if drop and not stop and worth_dropping(unfinished.shape[0], left):
+            rows = unfinished.nonzero().squeeze(1)  # (A',) rows of the batch that go on
+            live = rows if live is None else live[rows]
+            unfinished = unfinished[rows]
+            cache = keep_rows(cache, rows)
+        if cache is not None:
+            tokens = sequences[:, cur_len - 1:cur_len] if live is None else sequences[live, cur_len - 1:cur_len]
+        else:
+            tokens = sequences[:, :cur_len]
     return SearchResult(sequences[:, :cur_len], cur_len, cur_len - prompt,
                         scores=tuple(scores) if gen.output_scores else None,
                         step_outputs=tuple(step_outputs) if step_outputs else None)
@@ -262,10 +299,11 @@ def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def beam_search(step: StepFn, reorder: Callable, cache, start: torch.Tensor, gen: GenerationConfig,
-                rng: Optional[torch.Generator] = None) -> SearchResult:
+                rng: Optional[torch.Generator] = None, keep_rows: Optional[Callable] = None) -> SearchResult:
     """Beams continuing start (B * num_beams, L0), beams of one input adjacent. With ``gen.do_sample`` (beam
     sampling) the candidates are drawn without replacement from the softmax of the accumulated scores instead of
-    taken as the best, in the order drawn, as the reference."""
+    taken as the best, in the order drawn, as the reference. ``keep_rows(cache, rows) -> cache`` lets the loop drop
+    the rows of inputs that are done (``drops_finished``)."""
     procs = build_processors(gen)
     num_beams, max_length = gen.num_beams, gen.max_length
     n, prompt = start.shape
@@ -286,7 +324,11 @@ def beam_search(step: StepFn, reorder: Callable, cache, start: torch.Tensor, gen
     finished_len = torch.zeros((b, num_beams), dtype=torch.long, device=device)  # generated tokens
     improvable = torch.ones((b, 1), dtype=torch.bool, device=device)
     top_beams = torch.arange(candidates, device=device) < num_beams  # (C,) candidates that may finish
-    batch_offset = (torch.arange(b, device=device) * num_beams)[:, None]  # (B, 1)
+    batch_offset = (torch.arange(b, device=device) * num_beams)[:, None]  # (B, 1) first row of each input
+    row_offset = batch_offset  # (K, 1) first row of each input in the batch as it is now (after drops)
+    drop = keep_rows is not None and drops_finished(gen, cache)
+    live = None  # (K,) the inputs still in the batch (state tensors below are (K, ...)); None: all B
+    kept = None  # [sequences, beam_scores, beam_indices, finished_len] of all B inputs, written as inputs leave
     scores, step_outputs = [], []
     cur_len = prompt
     stop = False
@@ -339,17 +381,39 @@ def beam_search(step: StepFn, reorder: Callable, cache, start: torch.Tensor, gen
                              best)
 
         if cache is not None:
-            cache = reorder(cache, (_take(cand_parent, go_on) + batch_offset).view(-1))
+            cache = reorder(cache, (_take(cand_parent, go_on) + row_offset).view(-1))
         cur_len += 1
         # can the best running beam still beat the worst kept hypothesis?
         best_running = running_scores[:, :1] / length_normalizer(bound_length(cur_len, prompt, gen),
                                                                  gen.length_penalty)
         worst_kept = torch.where(finished, beam_scores.min(dim=1, keepdim=True)[0], BEAM_FILL)
         improvable = improvable & (best_running > worst_kept).any(-1, keepdim=True)
-        done = ~improvable.any() | ends.all()
+        closed = ~improvable[:, 0]  # (K,) inputs whose kept hypotheses can no longer change
         if gen.early_stopping is True:
-            done = done | finished.all()
-        stop = cur_len >= max_length or bool(done)  # one host synchronisation per step
+            closed = closed | finished.all(-1)
+        left, all_end = torch.stack((b - closed.sum(), ends.all().long())).tolist()  # one host sync per step
+        stop = cur_len >= max_length or left == 0 or bool(all_end)
+        if drop and not stop and worth_dropping(b, left):
+            inputs = torch.arange(b, device=device) if live is None else live
+            if kept is None:
+                kept = [t.clone() for t in (sequences, beam_scores, beam_indices, finished_len)]
+            else:
+                gone = closed.nonzero().squeeze(1)
+                for whole, t in zip(kept, (sequences, beam_scores, beam_indices, finished_len)):
+                    whole[inputs[gone]] = t[gone]
+            go = (~closed).nonzero().squeeze(1)  # (K',)
+            live, b, n = inputs[go], left, left * num_beams
+            running, running_scores, running_beam_indices = running[go], running_scores[go], running_beam_indices[go]
+            sequences, beam_scores, beam_indices = sequences[go], beam_scores[go], beam_indices[go]
+            finished, finished_len, improvable, batch_offset = finished[go], finished_len[go], improvable[go], \
+                batch_offset[go]
+            row_offset = (torch.arange(b, device=device) * num_beams)[:, None]
+            cache = keep_rows(cache, (go[:, None] * num_beams + torch.arange(num_beams, device=device)).view(-1))
+    if kept is not None:  # every input back in its place
+        for whole, t in zip(kept, (sequences, beam_scores, beam_indices, finished_len)):
+            whole[live] = t
+        sequences, beam_scores, beam_indices, finished_len = kept
+        b = sequences.shape[0]
     r = gen.num_return_sequences
     generated = int(finished_len[:, :r].max())
     return SearchResult(sequences[:, :r, :prompt + generated].reshape(b * r, prompt + generated), prompt + generated,
@@ -618,13 +682,22 @@ def _generate(model, input_ids, attention_mask, gen: GenerationConfig, generator
             outputs["hidden_states"] = out.hidden_states
         return logits, out.past_key_values, outputs
 
+    def keep_rows(cache, rows: torch.Tensor):
+        """Finished rows dropped: only the batch rows ``rows`` (K,) go on, in the cache and the encoder rows."""
+        nonlocal enc_hidden, enc_mask
+        if enc_hidden is not None:  # read again only while the cross keys/values are not computed
+            enc_hidden = None if cache.cross_k[0] is not None else enc_hidden.index_select(0, rows)
+        if enc_mask is not None:
+            enc_mask = enc_mask.index_select(0, rows)
+        return select_rows(cache, rows)
+
     cache = KVCache.allocate(config, start.shape[0], gen.max_length - 1, device, dtype) if gen.use_cache else None
     if gen.num_beams > 1 and gen.num_beam_groups > 1:
         result = group_beam_search(step, reorder_cache, cache, start, gen)
     elif gen.num_beams > 1:
-        result = beam_search(step, reorder_cache, cache, start, gen, generator)
+        result = beam_search(step, reorder_cache, cache, start, gen, generator, keep_rows)
     else:
-        result = sample_search(step, cache, start, gen, generator)
+        result = sample_search(step, cache, start, gen, generator, keep_rows)
     if not gen.return_dict_in_generate:
         return result.sequences
     out = GenerateOutput(sequences=result.sequences, scores=result.scores, beam_indices=result.beam_indices,

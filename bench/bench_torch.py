@@ -16,10 +16,8 @@ timed under the same load.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -34,35 +32,31 @@ import torch  # noqa: E402
 import bart_torch  # noqa: E402
 from bart_core.config import BartConfig  # noqa: E402
 from bart_torch import kernels  # noqa: E402
+from machine import competing_load, processor_name  # noqa: E402
 
 BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
             decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1024)
 QUICK = dict(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
              decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=256)
-TARGETS = {"forward": 1.2, "greedy_b1": 1.1, "beam4": 1.5, "greedy_b16": 2.0, "train_step": 1.2,
+TARGETS = {"finished_greedy": 2.0, "finished_beam4": 1.5, "forward": 1.2, "greedy_b1": 1.1, "beam4": 1.5, "greedy_b16": 2.0, "train_step": 1.2,
            "bf16_beam4": 1.5, "bf16_greedy_b16": 2.0}
 
 
-@contextlib.contextmanager
-def competing_load(processes: int):
-    """``processes`` CPU-bound Python busy loops running for the duration of the block."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
-    try:
-        yield
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def timed(fn, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in seconds."""
+    """Median wall time of ``fn()`` in seconds (a CUDA device finishes its queued work inside the timing)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -81,14 +75,14 @@ def batch(config: dict, b: int, src: int, tgt: int, seed: int = 0):
     return ids, mask, labels
 
 
-def build(geometry: dict):
+def build(geometry: dict, device: str):
     import transformers
     cfg = dict(geometry, dropout=0.1)
     torch.manual_seed(0)
     ref = transformers.BartForConditionalGeneration(transformers.BartConfig(**cfg)).eval()
     ours = bart_torch.BartForConditionalGeneration(BartConfig(**cfg)).eval()
     ours.load_numpy_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
-    return ours, ref
+    return ours.to(device), ref.to(device)
 
 
 def run(args) -> list[tuple]:
@@ -99,11 +93,11 @@ def run(args) -> list[tuple]:
     src, tgt, new_b1, new_b16, b_fwd, b_big = (32, 16, 8, 6, 4, 4) if q else (128, 64, 64, 32, 8, 16)
     if args.tokens:
         new_b1 = new_b16 = args.tokens
-    ours, ref = build(geo)
-    ids, mask, labels = batch(geo, b_fwd, src, tgt)
+    ours, ref = build(geo, args.device)
+    ids, mask, labels = (t.to(args.device) for t in batch(geo, b_fwd, src, tgt))
     dec = bart_torch.modeling.shift_tokens_right(labels, 1, 2)
-    ids1, mask1, _ = batch(geo, 1, src, tgt, seed=1)
-    ids16, mask16, _ = batch(geo, b_big, src, tgt, seed=2)
+    ids1, mask1 = (t.to(args.device) for t in batch(geo, 1, src, tgt, seed=1)[:2])
+    ids16, mask16 = (t.to(args.device) for t in batch(geo, b_big, src, tgt, seed=2)[:2])
     g1 = dict(max_new_tokens=new_b1, min_new_tokens=new_b1)
     gb = dict(num_beams=4, max_new_tokens=new_b1, min_new_tokens=new_b1)
     g16 = dict(max_new_tokens=new_b16, min_new_tokens=new_b16)
@@ -166,14 +160,59 @@ def run(args) -> list[tuple]:
         rows.append(("bf16_b1", "bfloat16 greedy batch 1 (ms/token)",
                      timed(lambda: bf16.generate(ids1, mask1, **g1), reps) * 1e3 / new_b1, None))
 
-        # ---- opt-in int8 (ours only)
-        int8 = ours.quantize_dynamic_int8()
-        with torch.no_grad():
-            agree = float((int8(ids, mask, dec).logits.argmax(-1) == top1).float().mean())
-        t16 = timed(lambda: int8.generate(ids16, mask16, **g16), reps) / new_b16
-        rows.append(("int8", f"int8 greedy batch 1 (ms/token); batch {b_big}: {b_big / t16:.0f} tokens/s; "
-                             f"top-1 agreement with float32 {agree:.1%}",
-                     timed(lambda: int8.generate(ids1, mask1, **g1), reps) * 1e3 / new_b1, None))
+        # ---- opt-in int8 (ours only; a CPU kernel)
+        if args.device == "cpu":
+            int8 = ours.quantize_dynamic_int8()
+            with torch.no_grad():
+                agree = float((int8(ids, mask, dec).logits.argmax(-1) == top1).float().mean())
+            t16 = timed(lambda: int8.generate(ids16, mask16, **g16), reps) / new_b16
+            rows.append(("int8", f"int8 greedy batch 1 (ms/token); batch {b_big}: {b_big / t16:.0f} tokens/s; "
+                                 f"top-1 agreement with float32 {agree:.1%}",
+                         timed(lambda: int8.generate(ids1, mask1, **g1), reps) * 1e3 / new_b1, None))
+
+        # ---- rows that end at mixed lengths: the loop drops finished rows (bart_torch.generation.DROP_FINISHED)
+        rows += finished_rows(ours, ref, ids16, mask16, new_b16, reps)
+    return rows
+
+
+def finished_rows(ours, ref, ids, mask, new_tokens: int, reps: int) -> list[tuple]:
+    """Greedy and beam 4 over a batch whose rows end at mixed lengths: an eos bias on both models' logits
+    (``final_logits_bias``), found by bisection so that the median row ends between a quarter and three quarters
+    of ``new_tokens``. Ours with finished rows dropped, ours keeping every row, and the reference."""
+    from bart_torch import generation
+    eos = ours.config.eos_token_id
+    base_ours, base_ref = ours.final_logits_bias.clone(), ref.final_logits_bias.clone()
+    g = dict(max_new_tokens=new_tokens)
+    rows = []
+    try:
+        low, high = -8.0, 16.0  # bisection on the bias for a median length of half new_tokens
+        for _ in range(14):
+            bias = (low + high) / 2
+            for m, base in ((ours, base_ours), (ref, base_ref)):
+                m.final_logits_bias.copy_(base)
+                m.final_logits_bias[0, eos] += bias
+            lengths = (ours.generate(ids, mask, **g)[:, 1:] != ours.config.pad_token_id).sum(1).float()
+            median = float(lengths.median())
+            if 0.25 * new_tokens <= median <= 0.75 * new_tokens:
+                break
+            low, high = (low, bias) if median < 0.25 * new_tokens else (bias, high)
+        same = ours.generate(ids, mask, **g).tolist() == ref.generate(ids, attention_mask=mask, **g).tolist()
+        print(f"rows ending at mixed lengths: eos bias {bias}, generated lengths {sorted(lengths.int().tolist())}; "
+              f"greedy token-identical to reference: {same}")
+        for key, label, opts, b in (("finished_greedy", "greedy", g, ids.shape[0]),
+                                    ("finished_beam4", "beam 4", dict(g, num_beams=4), 4)):
+            x, m = ids[:b], mask[:b]
+            t_ref = timed(lambda: ref.generate(x, attention_mask=m, **opts), reps)
+            generation.DROP_FINISHED = False
+            t_whole = timed(lambda: ours.generate(x, m, **opts), reps)
+            generation.DROP_FINISHED = True
+            t_drop = timed(lambda: ours.generate(x, m, **opts), reps)
+            rows.append((key, f"{label} batch {b}, rows ending at mixed lengths (ms per call; keeping every row: "
+                              f"{t_whole * 1e3:.0f} ms, {t_whole / t_drop:.2f}x slower)", t_drop * 1e3, t_ref * 1e3))
+    finally:
+        generation.DROP_FINISHED = True
+        ours.final_logits_bias.copy_(base_ours)
+        ref.final_logits_bias.copy_(base_ref)
     return rows
 
 
@@ -196,13 +235,15 @@ def main() -> None:
                    help="competing busy-loop processes during the timed runs (default when given: one per core)")
     p.add_argument("--skip-train", action="store_true", help="leave out the AdamW step")
     p.add_argument("--tokens", type=int, default=0, help="new tokens per generation case (default 64 / 32)")
+    p.add_argument("--device", default="cpu", help="torch device of both sides, e.g. cuda (bench/gpu.sh)")
     args = p.parse_args()
     rows = run(args)
     import transformers
     chosen = [(key[1], kernel) for key, (kernel, _, _) in kernels.choices().items()]  # (dtype, kernel)
     summary = ", ".join(f"{dtype}: {chosen.count((dtype, 'onednn'))} oneDNN / {chosen.count((dtype, 'aten'))} F.linear"
                         for dtype in sorted({d for d, _ in chosen}))
-    print(f"\ntorch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, "
+    where = processor_name() if args.device == "cpu" else torch.cuda.get_device_name(args.device)
+    print(f"\n{where}, torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, "
           f"{'tiny (--quick)' if args.quick else 'bart-base'} geometry, float32 unless noted, "
           f"{args.busy} competing busy processes; linear kernels chosen per shape class ({summary})\n")
     print("| case | ours | reference | speedup (ref/ours) | target |")

@@ -395,6 +395,34 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy():
     assert torch.equal(greedy, slow)
 
 
+@pytest.mark.parametrize("options", [dict(max_new_tokens=12), dict(num_beams=3, max_new_tokens=12),
+                                     dict(num_beams=2, max_new_tokens=10, early_stopping=True,
+                                          num_return_sequences=2, length_penalty=0.7)],
+                         ids=["greedy", "beam3", "beam2_early_return2"])
+def test_dropping_finished_rows_keeps_the_reference_ids(reference_checkpoint, monkeypatch, options):
+    """Rows end at different steps (eos made likely); the loop goes on with the unfinished rows only, and the ids
+    are the reference's, ids and beam indices those of the loop that keeps every row."""
+    import bart_torch.generation as generation
+    path = reference_checkpoint("conditional_generation", "gelu", seed=3, eos_bias=2.5, init_std=0.3)
+    x = seeded_inputs(tiny_config(), batch=8, seed=11)
+    with torch.no_grad():
+        ref = _reference("conditional_generation", path, eager=False).generate(
+            torch.from_numpy(x["input_ids"]), attention_mask=torch.from_numpy(x["attention_mask"]), **options)
+    model = bart_torch.BartForConditionalGeneration.from_pretrained(path)
+    kept = []
+    select = generation.select_rows
+    monkeypatch.setattr(generation, "select_rows", lambda cache, rows: kept.append(len(rows)) or select(cache, rows))
+    args = (torch.from_numpy(x["input_ids"]), torch.from_numpy(x["attention_mask"]))
+    dropping = model.generate(*args, return_dict_in_generate=True, **options)
+    assert kept and kept == sorted(kept, reverse=True) and kept[-1] < 8 * options.get("num_beams", 1)
+    assert dropping.sequences.tolist() == ref.tolist()
+    monkeypatch.setattr(generation, "DROP_FINISHED", False)
+    whole = model.generate(*args, return_dict_in_generate=True, **options)
+    assert len(kept) == len(set(kept)) and whole.sequences.tolist() == dropping.sequences.tolist()
+    if "num_beams" in options:
+        assert torch.equal(whole.beam_indices, dropping.beam_indices)
+
+
 def test_generation_defaults_come_from_the_config():
     c = tiny_config(init_std=0.3, max_length=7, forced_bos_token_id=0)
     model = _model("BartForConditionalGeneration", c)
