@@ -28,11 +28,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from machine import competing_load, processor_name  # noqa: E402
 
 import bart_torch  # noqa: E402
 from bart_core.config import BartConfig  # noqa: E402
 from bart_torch import kernels  # noqa: E402
-from machine import competing_load, processor_name  # noqa: E402
 
 BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
             decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1024)
