@@ -17,8 +17,9 @@ Inputs: one input, a list, or any other iterable (a generator, a dataset), which
 lazily, in chunks. Unlike the reference, the model rows of a chunk are sorted by length before they are cut into
 batches (less padding), and results come back in input order. A batch has at most ``batch_size`` rows and, with
 ``max_batch_tokens=N``, at most N padded input tokens (rows x padded length; short rows then go many to a batch,
-long rows few). A result does not depend on either. Compiled runners (``length_multiple``) pad lengths and short
-batches to powers of two, so a few programs, compiled once, serve every later call (``plan_batches``).
+long rows few). A result does not depend on either. Compiled runners (``length_multiple``) pad lengths to a few
+buckets (four per doubling) and short batches to powers of two, so a few programs, compiled once, serve every
+later call (``plan_batches``).
 """
 
 from __future__ import annotations
@@ -84,13 +85,19 @@ class Row:
 
 
 def _bucket(n: int, multiple: Optional[int]) -> int:
-    """Length a batch is padded to: exact, or the next power of two >= ``multiple`` (few compiled shapes)."""
+    """Length a batch is padded to: exact, or the next multiple of ``max(multiple, p // 4)`` >= n, ``p`` the
+    largest ``multiple * 2**k`` <= n: with 16, 16, 32, 48, 64, 80, ..., 128, 160, 192, 224, 256, 320, ... Padding
+    stays under a quarter of the row, or one ``multiple`` (powers of two wasted up to half of the encoder's work
+    and of the cross-attention reads), and the compiled shapes stay few: at most four per doubling."""
     if not multiple:
         return n
     size = multiple
-    while size < n:
+    while size * 2 <= n:
         size *= 2
-    return size
+    if size >= n:
+        return size
+    step = max(multiple, size // 4)
+    return -(-n // step) * step
 
 
 def plan_batches(lengths: Sequence[int], batch_size: Optional[int], max_tokens: Optional[int] = None,
@@ -99,7 +106,7 @@ def plan_batches(lengths: Sequence[int], batch_size: Optional[int], max_tokens: 
     ``(row indices, rows, width)``, padded to ``rows x width``, with at most ``batch_size`` rows (None: no
     limit) and ``rows x width <= max_tokens`` (None: no budget; a row longer than the budget goes alone).
     Eager backends (``multiple`` None) pad to the batch's longest row. Compiled backends pad the width to a
-    power of two >= ``multiple`` and the rows of a short batch to a power of two (at most the batch's cap), so
+    length bucket (``_bucket``) and the rows of a short batch to a power of two (at most the batch's cap), so
     the shapes, and the programs compiled for them, are few and the same from call to call."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches, start = [], 0

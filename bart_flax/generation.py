@@ -450,18 +450,19 @@ def group_beam_search(step: Callable, reorder: Callable, cache, start, gen: Gene
 # ============================================================================ model glue (one compiled program)
 def _seq2seq_start(model, gen: GenerationConfig, params, input_ids, attention_mask, group: int, prefix=None,
                    inputs_embeds=None):
-    """Encode once; repeat the encoder output per hypothesis and precompute its cross-attention keys/values.
-    Returns (start (N, L0), cache, decoder, encoder output); start is the decoder start token, or ``prefix``
-    (B, L0) repeated per hypothesis."""
+    """Encode once and precompute the cross-attention keys/values, one encoder row per input, which the ``group``
+    hypotheses of the input share (``attend``). Returns (start (N, L0), cache, decoder, encoder output); start is
+    the decoder start token, or ``prefix`` (B, L0) repeated per hypothesis."""
     module = model.module
     enc = module.apply({"params": params}, input_ids, attention_mask, inputs_embeds=inputs_embeds,
                        output_attentions=gen.output_attentions, output_hidden_states=gen.output_hidden_states,
                        method="encode", deterministic=True)
-    hidden = jnp.repeat(enc.last_hidden_state, group, axis=0)                   # (N, S, D), one row per hypothesis
-    mask = jnp.repeat(attention_mask, group, axis=0)                             # (N, S)
-    start = jnp.full((hidden.shape[0], 1), gen.decoder_start_token_id, jnp.int32) if prefix is None else \
+    hidden = enc.last_hidden_state                                               # (B, S, D)
+    n = hidden.shape[0] * group
+    start = jnp.full((n, 1), gen.decoder_start_token_id, jnp.int32) if prefix is None else \
         jnp.repeat(prefix, group, axis=0)
-    cache = model.init_cache(hidden.shape[0], gen.total_max_length - 1, hidden, params=params)
+    mask = attention_mask                                                        # (B, S)
+    cache = model.init_cache(n, gen.total_max_length - 1, hidden, params=params)
 
     def decoder(tokens, cache):
         return module.apply({"params": params}, tokens, None, mask, cache=cache, method="decode",

@@ -129,32 +129,31 @@ def embed_scale(config: BartConfig) -> float:
 
 # ============================================================================ 3. attention
 def attend(q, k, v, bias, scaling, head_mask=None, dropout=None, dtype=jnp.float32):
-    """q (Bq, H, T, hd), k/v (Bk, H, S, hd) with Bq = Bk * G (G beams share one encoder row),
-    bias (1 | Bk | Bq, 1, 1 | T, S) float32 -> out (Bq, H, T, hd) float32, probs (Bq, H, T, S) float32.
-    The two products run in ``dtype`` (``mixed_einsum``, T rows each: float32 for one decoding step) with float32
+    """q (Bq, H, T, hd), k/v (Bk, H, S, hd) with Bq = Bk * G (G consecutive rows, the beams of one input,
+    share one encoder row), bias (1 | Bk | Bq, 1, 1 | T, S) float32 -> out (Bq, H, T, hd) float32, probs
+    (Bq, H, T, S) float32. The two products run in ``dtype`` (``mixed_einsum``: float32 for one row) with float32
     results; the float32 scores are multiplied by ``scaling`` (head_dim ** -0.5), as in every backend.
-    G == 1 takes plain 4-D products: XLA:CPU runs the 5-D grouped ones up to 4x slower (bench/RESULTS.md)."""
+    G > 1: the G rows' queries become one longer query axis, (Bk, H, G * T, hd), so the products stay plain 4-D
+    ones (XLA:CPU ran 5-D grouped einsums up to 4x slower, bench/RESULTS.md) and each encoder row is read once."""
     bq, h, t, hd = q.shape
     bk, s = k.shape[0], k.shape[2]
     g = bq // bk
-    if g == 1:
-        scores = mixed_einsum("bhtd,bhsd->bhts", q, k, dtype, t) * scaling          # (B, H, T, S)
-        if bias is not None:
-            scores = scores + bias
-    else:
-        scores = mixed_einsum("bghtd,bhsd->bghts", q.reshape(bk, g, h, t, hd), k, dtype, t) * scaling  # (Bk, G, H, T, S)
-        if bias is not None:
-            bias = bias.reshape(bk, g, 1, bias.shape[-2], s) if bias.shape[0] == bq else bias[:, None]
-            scores = scores + bias
-        scores = scores.reshape(bq, h, t, s)                                     # (Bq, H, T, S)
+    if g > 1:
+        q = q.reshape(bk, g, h, t, hd).transpose(0, 2, 1, 3, 4).reshape(bk, h, g * t, hd)
+        if bias is not None and bias.shape[0] == bq:  # a bias per query row -> (Bk, 1, G * T, S)
+            bias = jnp.broadcast_to(bias, (bq, 1, t, s)).reshape(bk, g, t, s).reshape(bk, 1, g * t, s)
+    scores = mixed_einsum("bhtd,bhsd->bhts", q, k, dtype, g * t) * scaling       # (Bk, H, G * T, S)
+    if bias is not None:
+        scores = scores + bias
     probs = jax.nn.softmax(scores, axis=-1)                                      # float32
     if head_mask is not None:
         probs = probs * jnp.asarray(head_mask, jnp.float32)[None, :, None, None]
     probs_d = probs if dropout is None else dropout(probs)
-    if g == 1:
-        return mixed_einsum("bhts,bhsd->bhtd", probs_d, v, dtype, t), probs       # (B, H, T, hd)
-    out = mixed_einsum("bghts,bhsd->bghtd", probs_d.reshape(bk, g, h, t, s), v, dtype, t)  # (Bk, G, H, T, hd)
-    return out.reshape(bq, h, t, hd), probs
+    out = mixed_einsum("bhts,bhsd->bhtd", probs_d, v, dtype, g * t)               # (Bk, H, G * T, hd)
+    if g > 1:  # back to one row per query row
+        out = out.reshape(bk, h, g, t, hd).transpose(0, 2, 1, 3, 4).reshape(bq, h, t, hd)
+        probs = probs.reshape(bk, h, g, t, s).transpose(0, 2, 1, 3, 4).reshape(bq, h, t, s)
+    return out, probs
 
 
 class BartAttention(nn.Module):

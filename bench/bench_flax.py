@@ -11,12 +11,14 @@ of its teacher-forced logits and of its generated tokens with our float32 model.
     python bench/bench_flax.py            # full run (bart-base geometry; minutes)
     python bench/bench_flax.py --quick    # tiny smoke run
     python bench/bench_flax.py --only bf16  # the bfloat16 rows alone (with their float32 reference rows)
+    python bench/bench_flax.py --busy     # the same while one busy-loop process per core competes (both sides)
     python bench/bench_flax.py --out bench/RESULTS-flax.md
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -29,6 +31,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from machine import competing_load, processor_name  # noqa: E402
 
 import bart_flax  # noqa: E402
 from bart_core import BartConfig  # noqa: E402
@@ -72,6 +75,8 @@ def main(argv=None):
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--only", choices=["all", "bf16"], default="all", help="bf16: the bfloat16 rows alone")
     p.add_argument("--out", help="also write the markdown table here")
+    p.add_argument("--busy", type=int, nargs="?", const=os.cpu_count(), default=0,
+                   help="competing busy-loop processes during the measurements (default when given: one per core)")
     args = p.parse_args(argv)
     if args.quick:
         geometry = TINY
@@ -90,6 +95,8 @@ def main(argv=None):
 
     rows = []
     full = args.only == "all"
+    load = contextlib.ExitStack()  # the competing processes run from here to the table, for both sides alike
+    load.enter_context(competing_load(args.busy))
 
     def add(name, ours_s, ref_s, unit, scale, target, kind="speedup"):
         rows.append((name, ours_s * scale, ref_s * scale, unit, target, kind))
@@ -186,10 +193,12 @@ def main(argv=None):
             "s", 1, 1.0)
         add("  compile: train step", c_ours - t_ours, c_ref - t_ref, "s", 1, None, "info")
 
+    load.close()
     # ---- table
     lines = [f"Flax backend vs transformers {transformers.__version__} FlaxBartForConditionalGeneration "
              f"({'tiny quick run' if args.quick else 'bart-base geometry'}, random weights, "
-             f"jax {jax.__version__} on {jax.devices()[0].platform}, median of {args.repeats})", "",
+             f"jax {jax.__version__} on {jax.devices()[0].platform} ({processor_name()}), median of {args.repeats}, "
+             f"{args.busy} competing busy processes)", "",
              "| measurement | ours | reference | unit | speed-up (ref / ours) | target | met |",
              "|---|---:|---:|---|---:|---|---|"]
     for name, o, r, unit, target, kind in rows:

@@ -4,6 +4,7 @@ tf-keras), same random weights, one run.
     python bench/bench_tf.py            # bart-base geometry
     python bench/bench_tf.py --quick    # tiny smoke run
     python bench/bench_tf.py --only bf16  # the bfloat16 rows alone (with the reference's float32 rows they need)
+    python bench/bench_tf.py --busy     # the same while one busy-loop process per core competes (both sides)
 
 bfloat16 rows: bart_tf loaded with ``dtype="bfloat16"`` (Keras' mixed_bfloat16 policy: float32 variables,
 products in bfloat16 with float32 accumulation, see docs/design.md "bfloat16") against the reference in float32;
@@ -27,6 +28,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from machine import competing_load, processor_name  # noqa: E402
+
 BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
             decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1024)
 TINY = dict(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
@@ -178,6 +183,9 @@ def main() -> None:
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--only", choices=["all", "bf16"], default="all", help="bf16: the bfloat16 rows alone")
     parser.add_argument("--json", help="also write the raw numbers here")
+    parser.add_argument("--busy", type=int, nargs="?", const=os.cpu_count(), default=0,
+                        help="competing busy-loop processes while both sides measure (default when given: one per "
+                             "core)")
     args = parser.parse_args()
     shapes = QUICK if args.quick else FULL
     if args.side == "write":
@@ -193,17 +201,19 @@ def main() -> None:
         subprocess.run([sys.executable, os.path.abspath(__file__), "--side", "write", "--path", path] + quick,
                        check=True, env={**env, "TF_USE_LEGACY_KERAS": "0"})
         results = {}
-        for side, legacy in (("reference", "1"), ("ours", "0")):  # separate processes: tf-keras vs Keras 3
-            cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--path", path]
-            run = subprocess.run(cmd + quick, capture_output=True, text=True,
-                                 env={**env, "TF_USE_LEGACY_KERAS": legacy})
-            line = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
-            if run.returncode or not line:
-                sys.exit(f"{side} half failed:\n{run.stderr[-4000:]}")
-            results[side] = json.loads(line[-1][len("RESULT "):])
+        with competing_load(args.busy):
+            for side, legacy in (("reference", "1"), ("ours", "0")):  # separate processes: tf-keras vs Keras 3
+                cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--path", path]
+                run = subprocess.run(cmd + quick, capture_output=True, text=True,
+                                     env={**env, "TF_USE_LEGACY_KERAS": legacy})
+                line = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
+                if run.returncode or not line:
+                    sys.exit(f"{side} half failed:\n{run.stderr[-4000:]}")
+                results[side] = json.loads(line[-1][len("RESULT "):])
     device = results["ours"].pop("device")
     results["reference"].pop("device")
-    title = f"{'tiny (--quick)' if args.quick else 'bart-base geometry'}, random weights, {device}"
+    title = (f"{'tiny (--quick)' if args.quick else 'bart-base geometry'}, random weights, {device} "
+             f"({processor_name()}), {args.busy} competing busy processes")
     print(table(results["ours"], results["reference"], title))
     if args.json:
         with open(args.json, "w") as f:

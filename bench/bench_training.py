@@ -4,6 +4,7 @@ corpus (fixed shapes), AdamW with weight decay, global-norm clipping, the same l
 
     python bench/bench_training.py            # bart-base geometry, batch 4 x 256 tokens
     python bench/bench_training.py --quick    # tiny geometry: checks the harness in about a minute
+    python bench/bench_training.py --backends torch --device cuda   # both torch sides on a GPU (bench/gpu.sh)
 
 - torch: ``recipes.torch_train.TorchTrainer.train_step`` on ``bart_torch`` vs the same trainer on
   ``transformers.BartForConditionalGeneration`` (the step is framework code only: forward with labels,
@@ -50,10 +51,11 @@ def model_dir(settings: dict, tmp: str) -> str:
     return path
 
 
-def run_config(settings: dict, backend: str, model: str):
+def run_config(settings: dict, backend: str, model: str, device: str = "cpu"):
     from recipes.config import RunConfig
     return RunConfig(backend=backend, model=model, batch_size=settings["batch"], seq_len=settings["seq_len"],
-                     steps=settings["warmup"] + settings["steps"], lr=1e-4, warmup_steps=1, progress=False)
+                     steps=settings["warmup"] + settings["steps"], lr=1e-4, warmup_steps=1, progress=False,
+                     device=device)
 
 
 def fixed_batches(settings: dict) -> list[dict]:
@@ -99,17 +101,17 @@ def reference_config(model: str):
 
 # === workers ===
 
-def worker_torch(settings: dict, model: str, ours: bool) -> dict:
+def worker_torch(settings: dict, model: str, ours: bool, device: str = "cpu") -> dict:
     import torch
 
     from recipes.torch_train import TorchTrainer, build_model
     torch.manual_seed(0)
-    run = run_config(settings, "torch", model)
+    run = run_config(settings, "torch", model, device)
     if ours:
         net = build_model(run)
     else:
         import transformers
-        net = transformers.BartForConditionalGeneration(reference_config(model))
+        net = transformers.BartForConditionalGeneration(reference_config(model)).to(device)
     trainer = TorchTrainer(run, net)
     return timed(lambda b: trainer.train_step(step_batches(b), run.lr)[0], fixed_batches(settings),
                  settings["warmup"])
@@ -195,19 +197,21 @@ def worker_flax(settings: dict, model: str, ours: bool) -> dict:
     return timed(one, batches, settings["warmup"])
 
 
-def run_worker(name: str, settings: dict, model: str) -> dict:
+def run_worker(name: str, settings: dict, model: str, device: str) -> dict:
     backend, kind = name.split("-")
-    fn = {"torch": worker_torch, "tf": worker_tf, "flax": worker_flax}[backend]
-    return fn(settings, model, kind == "ours")
+    if backend == "torch":
+        return worker_torch(settings, model, kind == "ours", device)
+    return {"tf": worker_tf, "flax": worker_flax}[backend](settings, model, kind == "ours")
 
 
 # === driver ===
 
-def spawn(name: str, mode: str, model: str) -> dict:
+def spawn(name: str, mode: str, model: str, device: str) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TOKENIZERS_PARALLELISM="false",
                TF_USE_LEGACY_KERAS="1" if name == "tf-ref" else "0", USE_TF="1" if name.startswith("tf") else "0")
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", name, "--mode", mode,
-                           "--model-dir", model], env=env, capture_output=True, text=True, cwd=ROOT)
+                           "--model-dir", model, "--device", device], env=env, capture_output=True, text=True,
+                          cwd=ROOT)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -220,9 +224,11 @@ def main() -> None:
     parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="full", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="torch device of both torch sides, e.g. cuda (tf and flax "
+                                                       "use their accelerators by themselves)")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(run_worker(args.worker, SETTINGS[args.mode], args.model_dir)))
+        print(json.dumps(run_worker(args.worker, SETTINGS[args.mode], args.model_dir, args.device)))
         return
     import tempfile
     mode = "quick" if args.quick else "full"
@@ -235,7 +241,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = model_dir(settings, tmp)
         for backend in args.backends.split(","):
-            ours, ref = spawn(f"{backend}-ours", mode, model), spawn(f"{backend}-ref", mode, model)
+            ours, ref = (spawn(f"{backend}-{side}", mode, model, args.device) for side in ("ours", "ref"))
             rows.append((backend, ours, ref))
     print("| backend | ours (tokens/s) | reference (tokens/s) | ratio |")
     print("| --- | ---: | ---: | ---: |")

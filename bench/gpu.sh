@@ -8,8 +8,8 @@
 #
 # Without a GPU it prints the plan and exits 0. A framework that does not see the GPU (a CPU-only wheel) is
 # skipped with a message rather than timed on the CPU. TensorFlow and JAX place work on the GPU by themselves;
-# torch needs --device cuda, passed to the scripts whose --help offers it (bench_pipelines.py has it); the
-# others are skipped for torch, with a message, until they have it.
+# torch needs --device cuda, which bench_torch.py, bench_training.py and bench_pipelines.py take (a script
+# whose --help lacks it is skipped for torch, with a message, rather than timed on the CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -40,10 +40,10 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then 
 if [ "$GPU" = 0 ] || [ "$DRY" = 1 ]; then
   [ "$GPU" = 0 ] && echo "gpu.sh: no CUDA GPU found (nvidia-smi lists none); nothing is run. On a GPU machine it runs:"
   [ "$GPU" = 1 ] && echo "gpu.sh: --dry-run; on this GPU it would run:"
-  echo "  $PY bench/bench_torch.py ${QUICK[*]} --device cuda    (if bench_torch.py offers --device)"
+  echo "  $PY bench/bench_torch.py ${QUICK[*]} --device cuda"
   echo "  $PY bench/bench_tf.py ${QUICK[*]}                     (TensorFlow places work on the GPU itself)"
   echo "  $PY bench/bench_flax.py ${QUICK[*]}                   (JAX's default backend is the GPU)"
-  echo "  $PY bench/bench_training.py ${QUICK[*]} --backends tf,flax[,torch with --device cuda once offered]"
+  echo "  $PY bench/bench_training.py ${QUICK[*]} --backends torch,tf,flax --device cuda"
   echo "  $PY bench/bench_pipelines.py ${QUICK[*]} --device cuda"
   exit 0
 fi

@@ -28,8 +28,9 @@ def processor_name() -> str:
 @contextlib.contextmanager
 def competing_load(processes: int):
     """``processes`` CPU-bound Python busy loops running for the duration of the block, so that both sides of a
-    benchmark are timed under the same load."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    benchmark are timed under the same load. Each one stops by itself if the benchmark process dies."""
+    spin = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"  # ends if the benchmark dies
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(processes)]
     try:
         yield
     finally:

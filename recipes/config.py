@@ -86,6 +86,8 @@ class RunConfig:
     gradient_checkpointing: bool = False   # torch only: recompute layer activations in the backward pass
     devices: int = 1                       # data-parallel replicas: torch processes (gloo), tf logical CPUs
     #                                        (MirroredStrategy), flax host devices (jax.sharding)
+    device: str = "cpu"                    # torch: where the model trains ("cuda", "cuda:1"); tf and flax place
+    #                                        work on their accelerators by themselves
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -101,6 +103,11 @@ class RunConfig:
                      "max_grad_norm"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.device == "cpu" or self.backend == "torch",
+             f"device {self.device!r} applies to the torch backend only (tf and flax use their accelerators "
+             f"by themselves)")
+        need(self.device == "cpu" or self.devices == 1,
+             f"device {self.device!r} with devices={self.devices}: data-parallel replicas run on the CPU (gloo)")
         need(self.seq_len >= 8, f"seq_len must be >= 8, got {self.seq_len}")
         need(self.dropout is None or 0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
 

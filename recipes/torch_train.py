@@ -38,9 +38,15 @@ _INPUTS = ("input_ids", "attention_mask", "decoder_input_ids", "labels")
 def build_model(run: RunConfig) -> BartForConditionalGeneration:
     """The model of a run with its starting weights (``initial_state`` of the seed, or ``--init-from``)."""
     config = model_config(run)
+    try:
+        device = torch.device(run.device)
+    except RuntimeError as e:
+        raise RecipeError(f"--device {run.device!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(f"--device {run.device!r}: this torch sees no CUDA device")
     model = BartForConditionalGeneration(config)
     model.load_numpy_state_dict(starting_state(run, config))
-    return model
+    return model.to(device)
 
 
 def build_optimizer(run: RunConfig, model: torch.nn.Module) -> torch.optim.AdamW:
@@ -64,7 +70,8 @@ class TorchTrainer(Trainer):
         model.train()
         self.ddp = torch.nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
         self.optimizer = build_optimizer(run, model)
-        self.autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=run.bf16)
+        self.device = next(model.parameters()).device  # batches go where the model is
+        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=run.bf16)
 
     # ------------------------------------------------------------------ collectives
     def all_reduce_sum(self, value: float) -> float:
@@ -86,9 +93,8 @@ class TorchTrainer(Trainer):
         return box[0]
 
     # ------------------------------------------------------------------ steps
-    @staticmethod
-    def _inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return {k: torch.as_tensor(np.asarray(batch[k])) for k in _INPUTS}
+    def _inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {k: torch.as_tensor(np.asarray(batch[k]), device=self.device) for k in _INPUTS}
 
     def loss_sum(self, batches: Sequence[dict[str, Any]]) -> tuple[float, int]:
         was_training = self.model.training
@@ -103,7 +109,7 @@ class TorchTrainer(Trainer):
         return total, count
 
     def train_step(self, step: StepBatches, lr: float) -> tuple[float, float]:
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         last = len(step.batches) - 1
         for i, (batch, n) in enumerate(zip(step.batches, step.tokens)):
             sync = contextlib.nullcontext() if self.world == 1 or i == last else self.ddp.no_sync()
@@ -125,7 +131,8 @@ class TorchTrainer(Trainer):
     def generate(self, input_ids, attention_mask, max_length: int, num_beams: int) -> list[list[int]]:
         self.model.eval()
         with torch.no_grad():
-            ids = self.model.generate(torch.as_tensor(input_ids), torch.as_tensor(attention_mask),
+            ids = self.model.generate(torch.as_tensor(input_ids, device=self.device),
+                                      torch.as_tensor(attention_mask, device=self.device),
                                       max_length=max_length, num_beams=num_beams)
         self.model.train()
         return ids.tolist()

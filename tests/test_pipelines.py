@@ -193,12 +193,18 @@ def test_question_answering(backend, ours, reference):
 @pytest.mark.parametrize("batch_size, max_tokens", [(8, None), (None, 256), (3, 100), (None, 10)])
 def test_plan_batches_respects_the_limits(batch_size, max_tokens, multiple):
     """Every row once; longest first; at most batch_size rows and rows x padded width <= max_tokens (a row over
-    the budget alone); compiled runners: widths and short batches padded to powers of two."""
+    the budget alone); compiled runners: widths padded to buckets (under a quarter of the row, or one multiple,
+    at most four per doubling) and short batches to powers of two."""
     import numpy as np
 
     from bart_core.pipelines import plan_batches
 
-    lengths = list(np.random.default_rng(0).integers(3, 90, size=41))
+    lengths = list(np.random.default_rng(0).integers(3, 300, size=41))
+    if multiple:
+        from bart_core.pipelines import _bucket
+        widths = sorted({_bucket(n, multiple) for n in range(1, 64 * multiple + 1)})
+        for lo in (multiple * 2 ** k for k in range(6)):  # buckets in each doubling [lo, 2 lo)
+            assert 1 <= len([w for w in widths if lo <= w < 2 * lo]) <= 4
     batches = plan_batches(lengths, batch_size, max_tokens, multiple)
     seen = [i for picked, _, _ in batches for i in picked]
     assert sorted(seen) == list(range(len(lengths)))
@@ -213,7 +219,7 @@ def test_plan_batches_respects_the_limits(batch_size, max_tokens, multiple):
         if multiple is None:
             assert (rows, width) == (len(picked), longest)
         else:
-            assert width >= multiple and width & (width - 1) == 0 and width < 2 * max(longest, multiple)
+            assert width >= multiple and width % multiple == 0 and width - longest < max(multiple, longest / 4)
             assert rows == len(picked) or (rows & (rows - 1) == 0 and rows < 2 * len(picked))
 
 

@@ -495,7 +495,8 @@ def test_corrupt_optimizer_state_names_the_file(backend, pretrain_runs, tmp_path
         train(tiny_run(backend, out, steps=8, save_every=4, keep_checkpoints=0, resume="latest"))
 
 
-@pytest.mark.parametrize("case", ["model", "row_without_target", "not_json"])
+@pytest.mark.parametrize("case", ["model", "row_without_target", "not_json", "device_name", "device_missing",
+                                  "device_for_tf"])
 def test_bad_recipe_input_is_one_line_exit_2(tmp_path, capsys, case):
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps({"source": "a b c", "target": "a"}) + "\n")
@@ -506,6 +507,18 @@ def test_bad_recipe_input_is_one_line_exit_2(tmp_path, capsys, case):
     elif case == "row_without_target":
         data.write_text(json.dumps({"source": "a b c", "target": "a"}) + "\n" + json.dumps({"source": "x"}) + "\n")
         want = f"{data}:2: a row needs 'source' and 'target'"
+    elif case == "device_name":
+        argv += ["--device", "cudda"]
+        want = "--device 'cudda'"
+    elif case == "device_missing":
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a CUDA device")
+        argv += ["--device", "cuda"]
+        want = "--device 'cuda': this torch sees no CUDA device"
+    elif case == "device_for_tf":
+        argv += ["--backend", "tf", "--device", "cuda"]
+        want = "device 'cuda' applies to the torch backend only"
     else:
         data.write_text("{\"source\": \n")
         want = f"{data}:1: not a JSON object"
