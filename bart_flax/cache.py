@@ -7,8 +7,8 @@ at ``index``, cross-attention keys/values computed once from the encoder output 
 decoder-only model). ``B`` may be a multiple of ``B_enc``: attention then shares an encoder row among that many
 consecutive rows.
 
-Beam search (the same rule in every backend, ``docs/design.md``): the encoder output is repeated per hypothesis
-before decoding (``B == B_enc``), so each row has its own cross keys/values, and they are never reordered:
+Beam search (``docs/design.md``): generation keeps one encoder row per input, shared by its hypotheses
+(``B == B_enc * num_beams``), and the cross keys/values are never reordered:
 ``reorder_cache`` moves the self-attention rows only, because a beam's parent is always a hypothesis of the same
 input, whose cross keys/values are the same.
 """

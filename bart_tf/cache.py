@@ -5,11 +5,11 @@ Layout: ``layers[i] = (k, v, cross_k, cross_v)``: self-attention buffers ``(B, H
 and written at ``index``; cross-attention keys/values ``(B, H, S, hd)`` computed once from the encoder output
 (``None`` for the decoder-only model); ``index``: positions filled (int32 scalar).
 
-Beam search (the same rule in every backend, ``docs/design.md``): the encoder output is repeated per hypothesis
-before decoding, so each row has its own cross keys/values, and they are never reordered: ``reorder_cache`` moves
-the self-attention rows only, because a beam's parent is always a hypothesis of the same input, whose cross
-keys/values are the same. A ``tf.while_loop`` carries the self-attention part only (``split_cache``): it cannot
-carry ``None``, and the cross part never changes.
+Beam search (``docs/design.md``; Flax shares one encoder row among an input's hypotheses instead): the encoder
+output is repeated per hypothesis before decoding, so each row has its own cross keys/values, and they are never
+reordered: ``reorder_cache`` moves the self-attention rows only, because a beam's parent is always a hypothesis of
+the same input, whose cross keys/values are the same. A ``tf.while_loop`` carries the self-attention part only
+(``split_cache``): it cannot carry ``None``, and the cross part never changes.
 """
 
 from __future__ import annotations

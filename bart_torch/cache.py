@@ -11,10 +11,10 @@ Layout, explicit state passed in and returned:
   encoder output (``None`` until the first step, and for a decoder run without encoder states).
 * ``index``: number of filled self-attention positions (the past length).
 
-Beam search (the same rule in every backend, ``docs/design.md``): the encoder output is repeated per hypothesis
-before decoding, so each row has its own cross keys/values, and they are never reordered: ``reorder_cache`` moves
-the self-attention rows only, because a beam's parent is always a hypothesis of the same input, whose cross
-keys/values are the same.
+Beam search (``docs/design.md``; Flax shares one encoder row among an input's hypotheses instead): the encoder
+output is repeated per hypothesis before decoding, so each row has its own cross keys/values, and they are never
+reordered: ``reorder_cache`` moves the self-attention rows only, because a beam's parent is always a hypothesis of
+the same input, whose cross keys/values are the same.
 
 ``KVCache.to_legacy()`` gives the reference tuple layout (``(k, v, cross_k, cross_v)`` per layer, ``k`` of
 shape ``(B, H, index, hd)``); such a tuple is accepted wherever a ``KVCache`` is (``as_cache``).
