@@ -43,6 +43,7 @@ from bart_core.generation import (
     resolve_lengths,
 )
 from bart_core.inputs import check_unpadded_prompt, infer_attention_mask
+from bart_tf import kernels
 from bart_tf.cache import reorder_cache, split_cache
 
 NEG_INF = float("-inf")
@@ -539,6 +540,10 @@ class GenerationMixin:
                 decode_step = _STEP_GRAPHS[self] = tf.function(self._decode_step, reduce_retracing=True,
                                                                autograph=False)
         loop_cache, join = split_cache(cache)
+        head = self.get_output_embeddings()
+        weights = [v for v in self.get_decoder().weights + (head.weights if head is not None else [])
+                   if len(v.shape) == 2]  # the decoder's and the LM head's products, cast once (graphs only)
+        precast = kernels.precast_weights(weights, self.dtype_policy.compute_dtype)
 
         def step(tokens, loop_cache):
             """(N, T) -> (logits (N, V) float32, cache advanced by T positions, the per-step outputs asked for)."""
@@ -557,15 +562,16 @@ class GenerationMixin:
 
         prompt = _prompt_length(start)
         prompt_outputs = None
-        if prompt > 1:  # prefill all prompt tokens but the last, which the loop's first step feeds
-            _, loop_cache, prompt_outputs = step(start[:, :-1], loop_cache)
-        buffers = self._step_buffers(gen, gen.total_max_length - prompt)
-        if gen.num_beams > 1 and gen.num_beam_groups > 1:
-            result = group_beam_search(step, reorder_cache, loop_cache, start, gen, buffers)
-        elif gen.num_beams > 1:
-            result = beam_search(step, reorder_cache, loop_cache, start, gen, seed, buffers)
-        else:
-            result = sample_search(step, loop_cache, start, gen, seed, buffers)
+        with precast:
+            if prompt > 1:  # prefill all prompt tokens but the last, which the loop's first step feeds
+                _, loop_cache, prompt_outputs = step(start[:, :-1], loop_cache)
+            buffers = self._step_buffers(gen, gen.total_max_length - prompt)
+            if gen.num_beams > 1 and gen.num_beam_groups > 1:
+                result = group_beam_search(step, reorder_cache, loop_cache, start, gen, buffers)
+            elif gen.num_beams > 1:
+                result = beam_search(step, reorder_cache, loop_cache, start, gen, seed, buffers)
+            else:
+                result = sample_search(step, loop_cache, start, gen, seed, buffers)
         encoder_fields = (None, None) if encoder_out is None else (encoder_out.attentions, encoder_out.hidden_states)
         return result._replace(prompt_outputs=prompt_outputs or None), encoder_fields
 

@@ -4,6 +4,9 @@ Under a mixed policy (bfloat16 / float16) products of enough rows run in the nar
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import keras
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
@@ -20,13 +23,44 @@ def product_dtype(rows, dtype):
     return tf.float32 if rows is not None and rows < LOW_PRECISION_MIN_ROWS else tf.as_dtype(dtype)
 
 
+# A compiled generate (tf.function, XLA) runs its decoding steps in a tf.while_loop, where a product would cast its
+# float32 weight to the compute dtype at every step: that reads 4 bytes and writes 2 per parameter, more traffic
+# than the narrow product saves. ``precast_weights`` casts the weights once, before the loop, and ``mixed_matmul``
+# takes the cast copy. Only while tracing a graph: an eager call's copies would be captured as constants by the
+# cached step graph. ``PRECAST_WEIGHTS = False`` turns it off (bench_tf.py --only bf16 compares the two).
+PRECAST_WEIGHTS = True
+_precast = threading.local()  # .copies: {id(variable): tensor in the compute dtype} inside precast_weights
+
+
+@contextlib.contextmanager
+def precast_weights(variables, dtype):
+    """Inside the block, products on these (2-D weight) variables read a copy cast to ``dtype`` here, once."""
+    copies = getattr(_precast, "copies", None)
+    if not PRECAST_WEIGHTS or tf.executing_eagerly() or tf.as_dtype(dtype) == tf.float32 or copies is not None:
+        yield
+        return
+    _precast.copies = {id(v): tf.cast(v, dtype) for v in variables}
+    try:
+        yield
+    finally:
+        _precast.copies = None
+
+
+def _operand(x, dtype):
+    """x in ``dtype``: the precast copy of a weight variable when there is one."""
+    copies = getattr(_precast, "copies", None)
+    if copies and id(x) in copies and copies[id(x)].dtype == dtype:
+        return copies[id(x)]
+    return tf.cast(x, dtype)
+
+
 def mixed_matmul(a, b, dtype, rows, transpose_b: bool = False):
     """``a @ b`` (``b^T`` with ``transpose_b``; batched over leading axes) with both operands in
     ``product_dtype(rows, dtype)`` and a float32 result. Under XLA a low-precision product is one
     ``BatchMatMulV3(Tout=float32)``: float32 accumulation, and XLA:CPU runs it several times faster than a product
     with a bfloat16 result; TensorFlow's own kernels have no such op, so outside XLA the product is cast after."""
     operands = product_dtype(rows, dtype)
-    a, b = tf.cast(a, operands), tf.cast(b, operands)
+    a, b = tf.cast(a, operands), _operand(b, operands)
     if operands == tf.float32:
         return tf.matmul(a, b, transpose_b=transpose_b)
     if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):

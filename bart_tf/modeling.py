@@ -110,7 +110,11 @@ class BartScaledWordEmbedding(keras.layers.Layer):
             if self.pad_token_id is None:
                 return w
             return w * tf.cast(tf.range(shape[0]) != self.pad_token_id, w.dtype)[:, None]
-        self.embeddings = self.add_weight(name="embeddings", shape=(self.vocab_size, self.dim), initializer=init)
+        # autocast=False: under a mixed policy the table is read in float32 (the lookup is float32; the tied LM
+        # head's product casts its operand, once per compiled generate, kernels.precast_weights), never rounded and
+        # cast back at every step
+        self.embeddings = self.add_weight(name="embeddings", shape=(self.vocab_size, self.dim), initializer=init,
+                                          autocast=False)
         self.built = True
 
     def call(self, ids):  # (B, T) -> (B, T, D) float32
@@ -129,7 +133,7 @@ class BartLearnedPositionalEmbedding(keras.layers.Layer):
             config.init_std
 
     def build(self, input_shape=None):
-        self.embeddings = self.add_weight(name="embeddings", shape=(self.rows, self.dim),
+        self.embeddings = self.add_weight(name="embeddings", shape=(self.rows, self.dim), autocast=False,
                                           initializer=keras.initializers.RandomNormal(stddev=self.init_std))
         self.built = True
 
@@ -626,7 +630,7 @@ class BartForConditionalGeneration(GenerationMixin, BartPreTrainedModel):
             config.copy(scale_embedding=False, pad_token_id=None), name="lm_head")       # no zero padding row
         self._finish_init()
         self.final_logits_bias = self.add_weight(name="final_logits_bias", shape=(1, config.vocab_size),
-                                                 initializer="zeros", trainable=False)
+                                                 initializer="zeros", trainable=False, autocast=False)
 
     def _named_children(self):
         return [("model", self.model)] + ([("lm_head", self.lm_head)] if self.lm_head is not None else [])

@@ -48,8 +48,11 @@ METRICS = [  # key, label, unit, target speed-up (reference / ours)
     ("fit_step_xla", "fit step, jit_compile", "s", 1.0),
     ("greedy_b16_bf16", "bf16 greedy batch 16, XLA (reference float32)", "ms/step", 2.0),
     ("beam4_bf16", "bf16 beam 4, XLA (reference float32)", "ms/step", 1.5),
+    ("greedy_b16_bf16_percast", "  the same, weights cast at every step (kernels.PRECAST_WEIGHTS off)", "ms/step", 2.0),
+    ("beam4_bf16_percast", "  the same, weights cast at every step (kernels.PRECAST_WEIGHTS off)", "ms/step", 1.5),
 ]
-BF16_REFERENCE = {"greedy_b16_bf16": "greedy_b16_xla", "beam4_bf16": "beam4_xla"}  # the float32 row compared
+BF16_REFERENCE = {"greedy_b16_bf16": "greedy_b16_xla", "beam4_bf16": "beam4_xla",  # the float32 row compared
+                  "greedy_b16_bf16_percast": "greedy_b16_xla", "beam4_bf16_percast": "beam4_xla"}
 AGREEMENT = [  # key, label, target (%)
     ("top1_bf16", "bf16 teacher-forced top-1 agreement with float32 (batch 8, generation lengths)", 99.0),
     ("tokens_b16_bf16", "bf16 greedy batch 16: generated tokens equal to float32", None),
@@ -91,6 +94,8 @@ def measure(side: str, path: str, shapes: dict, only: str = "all") -> dict:
         model = bart_tf.BartForConditionalGeneration.from_pretrained(path)
 
         half = bart_tf.BartForConditionalGeneration.from_pretrained(path, dtype="bfloat16")
+        percast = bart_tf.BartForConditionalGeneration.from_pretrained(path, dtype="bfloat16")
+        from bart_tf import kernels
 
         def generate(ids, mask, jit, model=model, **options):
             return lambda: np.asarray(model.generate(ids, mask, jit_compile=True if jit else None, **options))
@@ -128,6 +133,9 @@ def measure(side: str, path: str, shapes: dict, only: str = "all") -> dict:
         if side == "ours" and key in BF16_REFERENCE.values():  # the same inputs in bfloat16
             bf16 = next(k for k, v in BF16_REFERENCE.items() if v == key)
             out[bf16] = _timed(generate(a, m, jit, half, **options), shapes["repeats"]) / steps * 1000
+            kernels.PRECAST_WEIGHTS = False  # read while tracing: this model's programs cast at every step
+            out[bf16 + "_percast"] = _timed(generate(a, m, jit, percast, **options), shapes["repeats"]) / steps * 1000
+            kernels.PRECAST_WEIGHTS = True
             same = generate(a, m, jit, half, **options)() == generate(a, m, jit, **options)()
             out["tokens_" + bf16.replace("greedy_", "")] = 100 * float(same.mean())
     if side == "ours":

@@ -202,3 +202,32 @@ def test_tf_bf16_products_by_rows(tf_half):
     assert _hlo_dots(fc1, many) == {("f32", "bf16")}
     assert _hlo_dots(fc1, one) == {("f32", "f32")}
     assert np.allclose(fc1(many).numpy(), tf_function(fc1)(many).numpy(), atol=1e-2)
+
+
+def _converts_in_loop(hlo: str) -> set:
+    """Shapes (rows, cols) of the 2-D ``convert`` results (either way, float32 <-> bfloat16) of the ops TensorFlow
+    placed inside a while loop (their ``op_name`` starts with ``while/``), in an HLO module."""
+    return {(int(a), int(b)) for line in hlo.splitlines() if 'op_name="while/' in line
+            for a, b in re.findall(r"= (?:bf16|f32)\[(\d+),(\d+)\]\S* convert\(", line)}
+
+
+def test_tf_bf16_compiled_generate_casts_weights_once(tf_half, monkeypatch):
+    """In a compiled generate the weights are cast to bfloat16 once, before the decoding loop
+    (``kernels.precast_weights``): no weight-shaped convert inside the tf.while_loop; with the precast turned off
+    there are (the per-step casts it removes). The ids are the same either way."""
+    import tensorflow as tf
+
+    from bart_tf import kernels
+    ids, mask, _ = _ids(tf_half.config, 3)  # 3 inputs x 2 beams: activations of 6 rows, no weight's shape
+    weights = {tuple(v.shape) for v in tf_half.get_decoder().weights if len(v.shape) == 2}
+
+    def compiled():
+        fn = tf.function(lambda a, m: tf_half.generate(a, m, num_beams=2, max_new_tokens=4), jit_compile=True)
+        return fn.experimental_get_compiler_ir(tf.constant(ids), tf.constant(mask))(stage="hlo"), fn
+    hlo, fn = compiled()
+    assert not _converts_in_loop(hlo) & weights
+    precast_ids = fn(tf.constant(ids), tf.constant(mask)).numpy()
+    monkeypatch.setattr(kernels, "PRECAST_WEIGHTS", False)
+    hlo, fn = compiled()
+    assert _converts_in_loop(hlo) & weights
+    assert np.array_equal(fn(tf.constant(ids), tf.constant(mask)).numpy(), precast_ids)
