@@ -58,8 +58,8 @@ def measure(backend: str, path: str, rows: list[dict], tokenizer) -> dict:
     start = full.config.decoder_start_token_id
     dec = np.concatenate([np.full((len(rows), 1), start, labels.dtype), labels[:, :-1]], 1)
     dec_in = _as(backend, dec)
-    top1 = [np.asarray(m(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                         decoder_input_ids=dec_in).logits, np.float32).argmax(-1) for m in (full, half)]
+    top1 = [_numpy(m(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                     decoder_input_ids=dec_in).logits).argmax(-1) for m in (full, half)]
     real = labels != tokenizer.pad_token_id  # (B, T) positions with a target token
     out = {"top1": float((top1[0] == top1[1])[real].mean())}
     for name, opts in (("greedy", {}), ("beam4", {"num_beams": 4})):
@@ -72,6 +72,13 @@ def measure(backend: str, path: str, rows: list[dict], tokenizer) -> dict:
             text = tokenizer.batch_decode(x, skip_special_tokens=True)
             out[f"{name}_exact_{tag}"] = float(np.mean([o.strip() == t.strip() for o, t in zip(text, targets)]))
     return out
+
+
+def _numpy(x) -> np.ndarray:
+    """float32 numpy from any backend's tensor (torch: detached, bfloat16 widened)."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu()
+    return np.asarray(x, np.float32)
 
 
 def _as(backend: str, x: np.ndarray):
