@@ -14,8 +14,8 @@ from bart_core.pipelines import Pipeline, build_pipeline
 class FlaxRunner:
     """Forward and generate of one Flax model on numpy batches. Every call is a compiled program per input
     shape, so batch lengths are padded up to buckets (``bart_core.pipelines._bucket``, from 16) and the rows of
-    short batches to powers of two: a few programs, compiled on first use, serve every later call. With ``device``, the model's parameters are moved
-    there (``model.params`` is replaced) and the inputs put there."""
+    short batches to powers of two: a few programs, compiled on first use, serve every later call. With
+    ``device``, the model's parameters are moved there (``model.params`` is replaced) and the inputs put there."""
 
     length_multiple = 16
 

@@ -540,9 +540,10 @@ class GenerationMixin:
                 decode_step = _STEP_GRAPHS[self] = tf.function(self._decode_step, reduce_retracing=True,
                                                                autograph=False)
         loop_cache, join = split_cache(cache)
-        head = self.get_output_embeddings()
-        weights = [v for v in self.get_decoder().weights + (head.weights if head is not None else [])
-                   if len(v.shape) == 2]  # the decoder's and the LM head's products, cast once (graphs only)
+        def weights():  # the decoder's and the LM head's products, cast once (graphs only)
+            head = self.get_output_embeddings()
+            return [v for v in self.get_decoder().weights + (head.weights if head is not None else [])
+                    if len(v.shape) == 2]
         precast = kernels.precast_weights(weights, self.dtype_policy.compute_dtype)
 
         def step(tokens, loop_cache):

@@ -34,12 +34,13 @@ _precast = threading.local()  # .copies: {id(variable): tensor in the compute dt
 
 @contextlib.contextmanager
 def precast_weights(variables, dtype):
-    """Inside the block, products on these (2-D weight) variables read a copy cast to ``dtype`` here, once."""
+    """Inside the block, products on the (2-D weight) variables ``variables()`` lists read a copy cast to ``dtype``
+    here, once (``variables`` is called only when the precast applies: graph tracing, a narrow dtype)."""
     copies = getattr(_precast, "copies", None)
     if not PRECAST_WEIGHTS or tf.executing_eagerly() or tf.as_dtype(dtype) == tf.float32 or copies is not None:
         yield
         return
-    _precast.copies = {id(v): tf.cast(v, dtype) for v in variables}
+    _precast.copies = {id(v): tf.cast(v, dtype) for v in variables()}
     try:
         yield
     finally:

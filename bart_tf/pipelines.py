@@ -16,9 +16,9 @@ OUTPUT_NAMES = ("logits", "start_logits", "end_logits")
 
 class TFRunner:
     """Forward and generate of one Keras model on numpy batches. Batch lengths are padded up to buckets
-    (``bart_core.pipelines._bucket``, from 16) and the rows of short batches to powers of two, so the graphs of ``bart_tf.generation`` (the decoding step,
-    or the whole ``generate`` under ``jit_compile=True``) are traced for a few shapes and reused from call to
-    call. The forward runs eagerly: as a ``tf.function`` it measured 5x slower (zero-shot, tiny geometry, 80 rows:
+    (``bart_core.pipelines._bucket``, from 16) and the rows of short batches to powers of two, so the graphs of
+    ``bart_tf.generation`` (the decoding step, or the whole ``generate`` under ``jit_compile=True``) are traced for
+    a few shapes and reused from call to call. The forward runs eagerly: as a ``tf.function`` it measured 5x slower (zero-shot, tiny geometry, 80 rows:
     37 s against 7 s on 2 loaded CPU cores)."""
 
     length_multiple = 16

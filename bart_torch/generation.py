@@ -220,12 +220,12 @@ def _apply(procs, seqs, scores):
 
 # Dropping finished rows (eager arg-max and beam search): once enough rows of the batch have finished (an input's
 # every beam, for beam search), the loop goes on with the others only: ``keep_rows(cache, rows)`` (from
-# ``_generate``) keeps those rows of the cache, the encoder states and the encoder mask. The ids and scores are the
-# same as without dropping. Sampling keeps every row (fewer rows would change the random stream, and seeded ids
+# ``_generate``) keeps those rows of the cache, the encoder states and the encoder mask. The ids and beam indices
+# are the same as without dropping. Sampling keeps every row (fewer rows would change the random stream, and seeded ids
 # would no longer be the reference's), and so do per-step outputs (the reference returns every row at every step).
 DROP_FINISHED = True
-DROP_MIN_FRACTION = 0.125  # drop once this share of the batch (and at least one row) has finished; measured in
-                           # bench/bench_torch.py ("finished rows")
+DROP_MIN_FRACTION = 0.125  # drop once this share of the batch (and at least one row) has finished: a choice, not
+                           # tuned; bench/bench_torch.py ("rows ending at mixed lengths") measures the effect
 
 
 def drops_finished(gen: GenerationConfig, cache) -> bool:
